@@ -1,0 +1,24 @@
+"""Evaluate a checkpoint: `python eval.py ckpt_path=outputs/.../best.ckpt dataset=pascal` (see README)."""
+
+import os
+import sys
+
+import hydra
+
+os.environ.setdefault("SSLSEG_ROOT", os.path.dirname(os.path.abspath(__file__)))
+
+from sslseg.cli import quote_split_overrides  # noqa: E402
+from sslseg.errors import exit_on_user_error  # noqa: E402
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="eval")
+@exit_on_user_error
+def main(cfg) -> None:
+    from sslseg.evaluation import evaluate
+
+    evaluate(cfg)
+
+
+if __name__ == "__main__":
+    sys.argv = quote_split_overrides(sys.argv)
+    main()

@@ -1,0 +1,21 @@
+"""Command-line helpers shared by train.py and eval.py."""
+
+from __future__ import annotations
+
+import re
+
+_SPLIT_ARG = re.compile(r"^(\+{0,2}split)=(.+)$")
+
+
+def quote_split_overrides(args: list[str]) -> list[str]:
+    """`split=1_16` -> `split='1_16'`. Hydra's grammar reads 1_16 as the integer 116 (Python's
+    digit separators), which would silently select another split; quoting keeps the folder name.
+    Comma-separated sweeps (`split=92,1_16`) are quoted element-wise."""
+    out = []
+    for arg in args:
+        match = _SPLIT_ARG.match(arg)
+        if match and not any(c in match.group(2) for c in "'\"()[]{}$"):
+            key, values = match.groups()
+            arg = f"{key}=" + ",".join(f"'{v}'" for v in values.split(","))
+        out.append(arg)
+    return out

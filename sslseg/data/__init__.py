@@ -1,0 +1,1 @@
+"""Split lists, datasets, augmentation, the toy generator and the SemiSegDataModule."""

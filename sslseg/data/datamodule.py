@@ -1,0 +1,151 @@
+"""SemiSegDataModule: one DataModule for every method and dataset.
+
+Training streams (what a method asks for through its `streams` attribute):
+  labeled    LabeledDataset, the labeled list repeated to the unlabeled length;
+  unlabeled  UnlabeledDataset (weak, strong1, strong2, ignore, box1, box2);
+  mix        a second unlabeled stream for UniMatch's CutMix partners. It draws *other* images
+             than `unlabeled` (a fixed permutation of the same list): the reference zips two
+             loaders with identical samplers and so mixes each image with itself (specs §0).
+All streams have the same length, so one epoch = one pass over the unlabeled list, and they are
+zipped by Lightning's CombinedLoader. Under DDP Lightning gives each stream a DistributedSampler.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import lightning.pytorch as pl
+import numpy as np
+import torch
+from lightning.pytorch.utilities.combined_loader import CombinedLoader
+from omegaconf import DictConfig
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
+
+from sslseg.data.datasets import EvalDataset, LabeledDataset, UnlabeledDataset, seed_worker
+from sslseg.data.splits import check_files_exist, read_split_file, split_files
+from sslseg.data.toy import ensure_toy_dataset
+from sslseg.errors import UserError
+
+
+class Permuted(Dataset):
+    """`dataset` read in a fixed random order (the `mix` stream)."""
+
+    def __init__(self, dataset: Dataset, seed: int):
+        self.dataset = dataset
+        self.order = np.random.default_rng(seed).permutation(len(dataset)).tolist()
+
+    def __len__(self) -> int:
+        return len(self.order)
+
+    def __getitem__(self, i: int):
+        return self.dataset[self.order[i]]
+
+
+class ShardedEvalSampler(DistributedSampler):
+    """rank r evaluates indices r, r+W, r+2W, ...: unlike DistributedSampler it never pads with
+    repeated images, so no val image is counted twice. (A DistributedSampler subclass, so
+    Lightning keeps it instead of replacing it.)"""
+
+    def __init__(self, dataset: Dataset, num_replicas: int, rank: int):
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=False)
+        self.indices = list(range(rank, len(dataset), num_replicas))
+        self.num_samples = len(self.indices)
+
+    def __iter__(self):
+        return iter(self.indices)
+
+    def __len__(self) -> int:
+        return self.num_samples
+
+
+class SemiSegDataModule(pl.LightningDataModule):
+    def __init__(self, dataset: DictConfig, data: DictConfig, data_root: str, split: str | int | None,
+                 streams: tuple[str, ...] = ("labeled", "unlabeled"), seed: int = 0):
+        super().__init__()
+        self.dataset_cfg = dataset
+        self.data_cfg = data
+        self.root = Path(data_root)
+        self.split = None if split is None else str(split)
+        self.streams = tuple(streams)
+        self.seed = seed
+        self.train_sets: dict[str, Dataset] = {}
+        self.val_set: EvalDataset | None = None
+
+    @property
+    def is_toy(self) -> bool:
+        return self.dataset_cfg.name == "toy"
+
+    @property
+    def splits_dir(self) -> Path:
+        return Path(self.dataset_cfg.splits_dir)
+
+    # -- set-up -----------------------------------------------------------------------------------
+    def prepare_data(self) -> None:
+        if self.is_toy:
+            ensure_toy_dataset(self.root)
+        elif not self.root.is_dir():
+            raise UserError(f"dataset root not found: {self.root} (set paths.data_root=<folder of {self.dataset_cfg.name}>)")
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.val_set is not None:
+            return
+        if not self.root.is_dir():
+            raise UserError(f"dataset root not found: {self.root} (set paths.data_root)")
+        num_classes = int(self.dataset_cfg.num_classes)
+        val_list = self.splits_dir / "val.txt"
+        val_samples = read_split_file(val_list, need_masks=True)
+        check_files_exist(val_samples, self.root, val_list, with_masks=True)
+        self.val_set = EvalDataset(self.root, val_samples, num_classes)
+        if stage not in (None, "fit") or self.split is None:
+            return
+
+        files = split_files(self.splits_dir, self.split)
+        labeled = read_split_file(files.labeled, need_masks=True)
+        check_files_exist(labeled, self.root, files.labeled, with_masks=True)
+        unlabeled = read_split_file(files.unlabeled, need_masks=False)
+        check_files_exist(unlabeled, self.root, files.unlabeled, with_masks=False)
+
+        crop, scales = int(self.dataset_cfg.crop_size), tuple(self.dataset_cfg.scale_range)
+        epoch_length = len(unlabeled)
+        if epoch_length < self.data_cfg.batch_size:
+            raise UserError(f"{files.unlabeled} has {epoch_length} images, fewer than data.batch_size")
+        self.train_sets["labeled"] = LabeledDataset(self.root, labeled, num_classes, crop, scales,
+                                                    length=epoch_length, seed=self.seed)
+        if "unlabeled" in self.streams or "mix" in self.streams:
+            self.train_sets["unlabeled"] = UnlabeledDataset(self.root, unlabeled, crop, scales, seed=self.seed + 1)
+        if "mix" in self.streams:
+            self.train_sets["mix"] = Permuted(UnlabeledDataset(self.root, unlabeled, crop, scales,
+                                                               seed=self.seed + 2), seed=self.seed + 3)
+
+    # -- loaders ----------------------------------------------------------------------------------
+    def _loader_kwargs(self) -> dict:
+        workers = int(self.data_cfg.num_workers)
+        pin = self.data_cfg.pin_memory
+        if pin == "auto":
+            pin = bool(self.trainer is not None and self.trainer.accelerator.__class__.__name__ == "CUDAAccelerator")
+        return dict(num_workers=workers, pin_memory=bool(pin), worker_init_fn=seed_worker,
+                    persistent_workers=bool(self.data_cfg.persistent_workers) and workers > 0,
+                    prefetch_factor=4 if workers > 0 else None)
+
+    def train_dataloader(self):
+        generator = torch.Generator().manual_seed(self.seed)
+        loaders = {
+            name: DataLoader(self.train_sets[name], batch_size=int(self.data_cfg.batch_size), shuffle=True,
+                             drop_last=True, generator=generator, **self._loader_kwargs())
+            for name in self.streams
+        }
+        return CombinedLoader(loaders, mode="min_size")
+
+    def val_dataloader(self):
+        sampler = None
+        if self.trainer is not None and self.trainer.world_size > 1:
+            sampler = ShardedEvalSampler(self.val_set, self.trainer.world_size, self.trainer.global_rank)
+        kwargs = self._loader_kwargs()
+        kwargs["persistent_workers"] = False  # validation workers would idle for a whole epoch
+        kwargs["num_workers"] = min(kwargs["num_workers"], len(self.val_set))
+        if kwargs["num_workers"] == 0:
+            kwargs["prefetch_factor"] = None
+        return DataLoader(self.val_set, batch_size=int(self.data_cfg.val_batch_size), shuffle=False,
+                          sampler=sampler, **kwargs)
+
+    test_dataloader = val_dataloader

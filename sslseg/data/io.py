@@ -1,0 +1,40 @@
+"""Reading images and masks, with one-line errors that name the file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+from PIL import Image
+
+from sslseg.data.transforms import IGNORE_INDEX
+from sslseg.errors import UserError
+
+cv2.setNumThreads(0)  # DataLoader workers are the parallelism; OpenCV threads would oversubscribe
+
+
+def read_image(path: str | Path) -> np.ndarray:
+    """RGB uint8 (H, W, 3)."""
+    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if image is None:
+        raise UserError(f"cannot read image: {path}")
+    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+
+def read_mask(path: str | Path, num_classes: int) -> np.ndarray:
+    """Class-index mask (H, W) uint8; 255 = ignore. Palette PNGs give their indices (not colours)."""
+    try:
+        with Image.open(path) as img:
+            if img.mode not in ("P", "L", "I", "I;16"):
+                raise UserError(f"mask is not single-channel class indices (mode {img.mode}): {path}")
+            mask = np.array(img)
+    except (FileNotFoundError, OSError) as exc:
+        raise UserError(f"cannot read mask: {path} ({exc.__class__.__name__})") from exc
+    if mask.max(initial=0) >= num_classes:
+        bad = np.unique(mask[(mask >= num_classes) & (mask != IGNORE_INDEX)])
+        if bad.size:
+            raise UserError(
+                f"mask has labels {bad[:5].tolist()} outside 0..{num_classes - 1} (and not {IGNORE_INDEX}): {path}"
+            )
+    return mask.astype(np.uint8, copy=False)  # 16-bit masks holding small ids are fine

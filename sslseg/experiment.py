@@ -1,0 +1,139 @@
+"""Building a run from the composed config, and the training entry point behind train.py."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from pathlib import Path
+
+import lightning.pytorch as pl
+import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from hydra.utils import get_class
+from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch.utilities import rank_zero_only
+from omegaconf import DictConfig, OmegaConf
+
+from sslseg.data.datamodule import SemiSegDataModule
+from sslseg.errors import UserError
+from sslseg.loggers import build_logger, log_config
+from sslseg.methods.base import SemiSegModule
+from sslseg.results import format_iou_table, write_results
+
+
+def method_class(cfg: DictConfig) -> type[SemiSegModule]:
+    try:
+        cls = get_class(cfg.method._target_)
+    except Exception as exc:
+        raise UserError(f"method.{cfg.method.name}: cannot import {cfg.method._target_}") from exc
+    return cls
+
+
+def build_datamodule(cfg: DictConfig, streams: tuple[str, ...], split=None) -> SemiSegDataModule:
+    return SemiSegDataModule(cfg.dataset, cfg.data, cfg.paths.data_root, split, streams, int(cfg.seed))
+
+
+def uses_gpu(trainer_cfg: DictConfig) -> bool:
+    accelerator = trainer_cfg.accelerator
+    return accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
+
+
+def trainer_kwargs(cfg: DictConfig) -> dict:
+    kwargs = OmegaConf.to_container(cfg.trainer, resolve=True)
+    if kwargs.get("precision") == "auto":
+        kwargs["precision"] = "bf16-mixed" if uses_gpu(cfg.trainer) else "32-true"
+    return kwargs
+
+
+def _is_launcher_rank() -> bool:
+    """True in the process the user started (DDP children are relaunched with LOCAL_RANK set)."""
+    return int(os.environ.get("LOCAL_RANK", 0)) == 0 and int(os.environ.get("NODE_RANK", 0)) == 0
+
+
+def check_launch(cfg: DictConfig) -> None:
+    strategy, devices = str(cfg.trainer.strategy), cfg.trainer.devices
+    multi_device = devices == -1 or (isinstance(devices, int) and devices > 1) or not isinstance(devices, int)
+    if HydraConfig.get().mode == RunMode.MULTIRUN and strategy.startswith("ddp") and multi_device:
+        raise UserError("trainer=ddp cannot run under Hydra -m (Lightning relaunches argv per rank); "
+                        "loop over single runs instead")
+
+
+def _finish_wandb() -> None:
+    try:
+        import wandb
+
+        if wandb.run is not None:
+            wandb.finish(quiet=True)
+    except Exception:  # a logger that failed to start leaves nothing to finish
+        pass
+
+
+def quiet_duplicate_logs() -> None:
+    """Lightning prints through its own handler; Hydra's root handler would print every line twice."""
+    logging.getLogger("lightning.pytorch").propagate = False
+    logging.getLogger("lightning.fabric").propagate = False
+
+
+def train(cfg: DictConfig) -> dict | None:
+    """Fit, evaluate the best checkpoint, write results.json; returns the results (rank 0)."""
+    start = time.time()
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    check_launch(cfg)
+    quiet_duplicate_logs()
+    pl.seed_everything(int(cfg.seed), workers=True, verbose=False)
+
+    cls = method_class(cfg)
+    datamodule = build_datamodule(cfg, cls.streams, split=cfg.split)
+    if _is_launcher_rank():  # fail on bad paths/splits before building anything expensive
+        datamodule.prepare_data()
+        datamodule.setup("fit")
+    module = cls(cfg)
+
+    logger = build_logger(cfg, run_dir)
+    checkpoint = ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="best", monitor=cfg.callbacks.checkpoint.monitor,
+                                 mode=cfg.callbacks.checkpoint.mode, save_last=cfg.callbacks.checkpoint.save_last,
+                                 auto_insert_metric_name=False)
+    callbacks = [checkpoint]
+    if logger is not None and cfg.callbacks.lr_monitor:
+        callbacks.append(LearningRateMonitor(logging_interval="step"))
+    trainer = pl.Trainer(**trainer_kwargs(cfg), logger=logger or False, callbacks=callbacks,
+                         default_root_dir=str(run_dir))
+    global_batch = int(cfg.data.batch_size) * trainer.world_size
+    log_config(logger, cfg, {"global_batch_size": global_batch, "world_size": trainer.world_size,
+                             "run_dir": str(run_dir)})
+    try:
+        trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
+        if module.last_val is None or not checkpoint.best_model_path:  # stopped before any validation
+            trainer.validate(module, datamodule=datamodule, verbose=False)
+            trainer.save_checkpoint(run_dir / "checkpoints" / "best.ckpt")
+            checkpoint.best_model_path = str(run_dir / "checkpoints" / "best.ckpt")
+        final = module.last_val
+        best = final
+        if cfg.evaluate_best:
+            trainer.validate(module, datamodule=datamodule, ckpt_path=checkpoint.best_model_path, verbose=False)
+            best = module.last_val
+    finally:
+        _finish_wandb()
+
+    results = {
+        "method": cfg.method.name, "dataset": cfg.dataset.name, "split": str(cfg.split),
+        "backbone": cfg.backbone.name, "decoder": cfg.model.name, "seed": int(cfg.seed),
+        "best_val_mIoU": best["mIoU"], "final_val_mIoU": final["mIoU"],
+        "per_class_IoU": best["per_class_IoU"],
+        "best_checkpoint": checkpoint.best_model_path, "steps": int(trainer.global_step),
+        "epochs": int(trainer.current_epoch), "wall_seconds": round(time.time() - start, 1),
+        "devices": trainer.world_size, "global_batch_size": global_batch,
+        "precision": str(trainer.precision), "run_dir": str(run_dir),
+    }
+    _report(run_dir, results)
+    return results
+
+
+@rank_zero_only
+def _report(run_dir: Path, results: dict) -> None:
+    write_results(run_dir / "results.json", results)
+    print(format_iou_table(results["per_class_IoU"], results["best_val_mIoU"]))
+    print(f"results: {run_dir / 'results.json'}")
+    print(f"val mIoU: {results['best_val_mIoU']:.2f}", flush=True)

@@ -1,0 +1,46 @@
+"""Supervised criteria: cross-entropy with ignore, and UniMatch's OHEM for Cityscapes."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from omegaconf import DictConfig
+from torch import nn
+
+from sslseg.data.transforms import IGNORE_INDEX
+
+
+class OhemCrossEntropy(nn.Module):
+    """Online hard example mining (UniMatch `ProbOhemCrossEntropy2d`, specs §6.1).
+
+    With p_gt the softmax probability of the true class on valid pixels: if fewer than `min_kept`
+    pixels are valid, all are kept; otherwise the threshold is max(thresh, the min_kept-th smallest
+    p_gt) and pixels with p_gt <= threshold are kept. Loss = mean CE over kept pixels (per device).
+    """
+
+    def __init__(self, thresh: float = 0.7, min_kept: int = 200_000, ignore_index: int = IGNORE_INDEX):
+        super().__init__()
+        self.thresh = thresh
+        self.min_kept = int(min_kept)
+        self.ignore_index = ignore_index
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        pixel_loss = F.cross_entropy(logits, target, ignore_index=self.ignore_index, reduction="none").flatten()
+        valid = target.flatten() != self.ignore_index
+        num_valid = valid.sum()
+        # p_gt = exp(-CE); ignored pixels get +inf so they are never among the smallest.
+        p_gt = torch.where(valid, torch.exp(-pixel_loss.detach().float()), torch.full_like(pixel_loss, float("inf"),
+                                                                                          dtype=torch.float))
+        k = min(self.min_kept, p_gt.numel())
+        kth = torch.kthvalue(p_gt, k).values if k > 0 else p_gt.new_tensor(self.thresh)
+        threshold = torch.maximum(kth, p_gt.new_tensor(self.thresh))
+        kept = valid & ((p_gt <= threshold) | (num_valid < self.min_kept))
+        return (pixel_loss * kept).sum() / kept.sum().clamp_min(1)
+
+
+def build_criterion(cfg: DictConfig) -> nn.Module:
+    if cfg.name == "ce":
+        return nn.CrossEntropyLoss(ignore_index=IGNORE_INDEX)
+    if cfg.name == "ohem":
+        return OhemCrossEntropy(thresh=cfg.thresh, min_kept=cfg.min_kept)
+    raise ValueError(f"dataset.criterion.name must be 'ce' or 'ohem', got {cfg.name!r}")

@@ -1,0 +1,1 @@
+"""One LightningModule per method; `base.SemiSegModule` owns everything that is not the method."""

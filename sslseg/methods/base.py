@@ -1,0 +1,143 @@
+"""SemiSegModule: optimisation, schedule, validation, metrics and logging shared by all methods.
+
+A method subclasses it, names the data streams it consumes (`streams`) and writes
+`training_step` as its algorithm box. Images arrive as uint8; `normalize` turns them into
+ImageNet-normalised float tensors on the device (channels_last when enabled).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.loggers import WandbLogger
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+
+from sslseg.data.transforms import IGNORE_INDEX, IMAGENET_MEAN, IMAGENET_STD
+from sslseg.inference import predict
+from sslseg.losses import build_criterion
+from sslseg.metrics import confusion_matrix_metric, iou_from_confusion
+from sslseg.models import Segmentor, build_segmentor
+
+
+def class_names(dataset_cfg: DictConfig) -> list[str]:
+    names = dataset_cfg.get("class_names")
+    return list(names) if names else [f"class_{i}" for i in range(int(dataset_cfg.num_classes))]
+
+
+class SemiSegModule(pl.LightningModule):
+    #: training streams this method consumes from the DataModule
+    streams: tuple[str, ...] = ("labeled",)
+
+    def __init__(self, cfg: DictConfig | dict, load_pretrained: bool = True):
+        super().__init__()
+        cfg = cfg if isinstance(cfg, DictConfig) else OmegaConf.create(cfg)
+        self.save_hyperparameters({"cfg": OmegaConf.to_container(cfg, resolve=True)})
+        self.cfg = OmegaConf.create(self.hparams["cfg"])
+        self.num_classes = int(self.cfg.dataset.num_classes)
+        self.class_names = class_names(self.cfg.dataset)
+        self.model: Segmentor = build_segmentor(self.cfg.backbone, self.cfg.model, self.num_classes,
+                                                load_pretrained=load_pretrained)
+        self.criterion_l = build_criterion(self.cfg.dataset.criterion)
+        self.register_buffer("pixel_mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1) * 255, persistent=False)
+        self.register_buffer("pixel_std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1) * 255, persistent=False)
+        self.val_confusion = confusion_matrix_metric(self.num_classes)
+        self.channels_last = False  # decided once the device is known (_apply_perf)
+        self.last_val: dict | None = None
+        self._val_examples: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+
+    # -- helpers used by the methods -----------------------------------------------------------
+    def normalize(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 (B, 3, H, W) -> ImageNet-normalised float, channels_last when enabled."""
+        x = (images.float() - self.pixel_mean) / self.pixel_std
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+
+    def inference_model(self) -> nn.Module:
+        """The network evaluated and exported (an EMA copy for methods that keep one)."""
+        return self.model
+
+    def _apply_perf(self) -> None:
+        setting = self.cfg.get("perf", {}).get("channels_last", "auto")
+        self.channels_last = self.device.type == "cuda" if setting == "auto" else bool(setting)
+        if self.channels_last:
+            self.model.to(memory_format=torch.channels_last)
+
+    def on_fit_start(self) -> None:
+        self._apply_perf()
+
+    def on_validation_start(self) -> None:
+        self._apply_perf()
+
+    # -- optimisation ----------------------------------------------------------------------------
+    def configure_optimizers(self):
+        optim = self.cfg.optim
+        backbone, head = self.model.param_groups()
+        fused = optim.get("fused", "auto")
+        if fused == "auto":
+            fused = self.device.type == "cuda"
+        optimizer = torch.optim.SGD(
+            [{"params": backbone, "lr": optim.lr}, {"params": head, "lr": optim.lr * optim.lr_multiplier}],
+            lr=optim.lr, momentum=optim.momentum, weight_decay=optim.weight_decay, fused=bool(fused) or None,
+        )
+        total = max(1, int(self.trainer.estimated_stepping_batches))
+        power = float(optim.poly_power)
+        # Poly decay per iteration: step i uses lr (1 - i/total)^power (step 0 uses the base lr).
+        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda i: (1 - min(i, total) / total) ** power)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+
+    # -- validation ------------------------------------------------------------------------------
+    def predict_scores(self, images: torch.Tensor) -> torch.Tensor:
+        """Class scores (B, K, H, W) for uint8 images, with the dataset's evaluation protocol."""
+        model = self.inference_model()
+        eval_cfg = self.cfg.dataset.eval
+        return predict(lambda x: model(x).logits, self.normalize(images), eval_cfg.mode, self.num_classes,
+                       int(eval_cfg.crop_size), float(eval_cfg.stride_ratio))
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        pred = self.predict_scores(batch["image"]).argmax(1)
+        self.val_confusion.update(pred, batch["mask"])
+        self._keep_examples(batch, pred)
+
+    test_step = validation_step
+
+    def on_validation_epoch_end(self) -> None:
+        iou, miou = iou_from_confusion(self.val_confusion.compute())  # summed over ranks
+        self.val_confusion.reset()
+        self.last_val = {"mIoU": float(miou), "per_class_IoU": dict(zip(self.class_names, iou.tolist()))}
+        self.log("val/mIoU", miou.float(), prog_bar=True)
+        self.log_dict({f"val/IoU/{name}": v.float() for name, v in zip(self.class_names, iou) if not v.isnan()})
+        self._log_media(iou)
+
+    on_test_epoch_end = on_validation_epoch_end
+
+    # -- W&B media: per-class table and prediction overlays of a fixed set of val images -------------
+    def _wandb(self) -> WandbLogger | None:
+        logger = self.logger
+        return logger if isinstance(logger, WandbLogger) and self.trainer.is_global_zero else None
+
+    def _keep_examples(self, batch: dict, pred: torch.Tensor) -> None:
+        wanted = int(self.cfg.get("callbacks", {}).get("val_images", 0))
+        if self._wandb() is None or len(self._val_examples) >= wanted:
+            return
+        for image, mask, p in zip(batch["image"], batch["mask"], pred):
+            if len(self._val_examples) < wanted:
+                self._val_examples.append((image.permute(1, 2, 0).cpu().numpy(), mask.cpu().numpy(),
+                                           p.cpu().numpy()))
+
+    def _log_media(self, iou: torch.Tensor) -> None:
+        wandb_logger = self._wandb()
+        if wandb_logger is None:
+            return
+        step = self.global_step
+        wandb_logger.log_table("val/per_class_IoU", columns=["class", "IoU"],
+                               data=[[n, float(v)] for n, v in zip(self.class_names, iou)], step=step)
+        if self._val_examples:
+            labels = dict(enumerate(self.class_names)) | {IGNORE_INDEX: "ignore"}
+            wandb_logger.log_image(
+                "val/predictions", images=[img for img, _, _ in self._val_examples], step=step,
+                masks=[{"prediction": {"mask_data": p.astype(np.uint8), "class_labels": labels},
+                        "ground_truth": {"mask_data": m.astype(np.uint8), "class_labels": labels}}
+                       for _, m, p in self._val_examples],
+            )
+        self._val_examples = []

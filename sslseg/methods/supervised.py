@@ -1,0 +1,16 @@
+"""Supervised baseline: labeled images only, same model, schedule and evaluation as the methods."""
+
+from __future__ import annotations
+
+from sslseg.methods.base import SemiSegModule
+
+
+class Supervised(SemiSegModule):
+    streams = ("labeled",)
+
+    def training_step(self, batch: dict, batch_idx: int):
+        labeled = batch["labeled"]
+        logits = self.model(self.normalize(labeled["image"])).logits
+        loss = self.criterion_l(logits, labeled["mask"])
+        self.log("train/loss", loss, prog_bar=True)
+        return loss

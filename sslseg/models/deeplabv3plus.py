@@ -1,0 +1,83 @@
+"""DeepLabV3+ head as in UniMatch (specs §2.3).
+
+ASPP on c4 (1x1, three dilated 3x3, image pooling; no dropout) -> 1x1 project; upsample to c1;
+`reduce` c1 to 48 channels; `fuse` = cat(reduce, aspp) (304-d for ResNet) -> two 3x3 convs (256-d);
+`classifier` 1x1. Split into `fused_features` and `classify` so that a method can replace the
+304-d fused feature (DDFP's flow-guided perturbation) between the two.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def _conv_bn_relu(cin: int, cout: int, kernel: int = 1, dilation: int = 1) -> nn.Sequential:
+    padding = dilation if kernel == 3 else 0
+    return nn.Sequential(nn.Conv2d(cin, cout, kernel, padding=padding, dilation=dilation, bias=False),
+                         nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
+
+
+class ASPPPooling(nn.Module):
+    def __init__(self, cin: int, cout: int):
+        super().__init__()
+        self.conv = _conv_bn_relu(cin, cout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pooled = self.conv(F.adaptive_avg_pool2d(x, 1))
+        return F.interpolate(pooled, size=x.shape[-2:], mode="bilinear", align_corners=True)
+
+
+class ASPP(nn.Module):
+    def __init__(self, cin: int, cout: int, dilations=(6, 12, 18)):
+        super().__init__()
+        self.branches = nn.ModuleList(
+            [_conv_bn_relu(cin, cout)] + [_conv_bn_relu(cin, cout, 3, d) for d in dilations]
+            + [ASPPPooling(cin, cout)]
+        )
+        self.project = _conv_bn_relu(cout * (len(dilations) + 2), cout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.project(torch.cat([branch(x) for branch in self.branches], dim=1))
+
+
+class DeepLabV3Plus(nn.Module):
+    def __init__(self, in_channels: tuple[int, ...], num_classes: int, aspp_dilations=(6, 12, 18),
+                 aspp_channels: int | None = None, low_level_channels: int = 48, decoder_channels: int = 256,
+                 fp_dropout: float = 0.5):
+        super().__init__()
+        c1_channels, c4_channels = in_channels[0], in_channels[-1]
+        aspp_channels = aspp_channels or c4_channels // 8
+        self.aspp = ASPP(c4_channels, aspp_channels, tuple(aspp_dilations))
+        self.reduce = _conv_bn_relu(c1_channels, low_level_channels)
+        self.fused_channels = low_level_channels + aspp_channels
+        self.fuse = nn.Sequential(_conv_bn_relu(self.fused_channels, decoder_channels, 3),
+                                  _conv_bn_relu(decoder_channels, decoder_channels, 3))
+        self.classifier = nn.Conv2d(decoder_channels, num_classes, 1)
+        self.fp_dropout = fp_dropout  # UniMatch's feature perturbation: Dropout2d, active in eval mode too
+
+    def fused_features(self, c1: torch.Tensor, c4: torch.Tensor) -> torch.Tensor:
+        """cat(reduce(c1), upsampled ASPP(c4)) at stride 4: the 304-d feature of the references."""
+        aspp = self.aspp(c4)
+        aspp = F.interpolate(aspp, size=c1.shape[-2:], mode="bilinear", align_corners=True)
+        return torch.cat([self.reduce(c1), aspp], dim=1)
+
+    def classify(self, fused: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(logits at stride 4, the 256-d decoder feature)."""
+        features = self.fuse(fused)
+        return self.classifier(features), features
+
+    def forward(self, c1: torch.Tensor, c4: torch.Tensor,
+                fused_hook: Callable[[torch.Tensor], torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        fused = self.fused_features(c1, c4)
+        if fused_hook is not None:
+            fused = fused_hook(fused)
+        return self.classify(fused)
+
+    def perturb(self, c1: torch.Tensor, c4: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Channel dropout on both inputs: UniMatch's feature-perturbation stream."""
+        p = self.fp_dropout
+        return F.dropout2d(c1, p, training=True), F.dropout2d(c4, p, training=True)
