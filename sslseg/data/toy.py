@@ -27,8 +27,8 @@ IMAGE_SIZE = 96
 NUM_TRAIN = 1000
 NUM_VAL = 200
 LABELED_SPLITS = (16, 32, 64, 128)
-TEXTURE_MATCH = 0.7  # probability that an object wears its own class's texture
-VERSION = f"toy-v1 size={IMAGE_SIZE} train={NUM_TRAIN} val={NUM_VAL} splits={LABELED_SPLITS}"
+TEXTURE_MATCH = 1.0  # every object wears its own class texture
+VERSION = f"toy-v2 tex={TEXTURE_MATCH} size={IMAGE_SIZE} train={NUM_TRAIN} val={NUM_VAL} splits={LABELED_SPLITS}"
 
 
 def _palette() -> list[int]:

@@ -1,0 +1,50 @@
+"""Shared fixtures: the toy dataset (generated once per session), composed configs, CLI runner."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+
+from sslseg.cli import quote_split_overrides
+from sslseg.data.toy import ensure_toy_dataset
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared"
+
+os.environ["WANDB_MODE"] = "disabled"
+os.environ["HYDRA_FULL_ERROR"] = "1"
+os.environ["SSLSEG_ROOT"] = str(ROOT)
+
+
+@pytest.fixture(scope="session")
+def data_dir(tmp_path_factory) -> Path:
+    """A data folder holding the toy set (as `paths.data_dir`)."""
+    data = tmp_path_factory.mktemp("data")
+    ensure_toy_dataset(data / "toy")
+    return data
+
+
+def compose_cfg(overrides: list[str], config_name: str = "train"):
+    """The real config, composed as the CLI would (split quoting included)."""
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        return compose(config_name=config_name, overrides=quote_split_overrides(overrides),
+                       return_hydra_config=False)
+
+
+def run_cli(script: str, *args: str, timeout: int = 600, env: dict | None = None) -> subprocess.CompletedProcess:
+    """Run train.py / eval.py as a user would; output captured."""
+    full_env = os.environ | {"PYTHONUNBUFFERED": "1"} | (env or {})
+    return subprocess.run([sys.executable, str(ROOT / script), *args], cwd=ROOT, env=full_env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def last_line(text: str) -> str:
+    lines = [line for line in text.strip().splitlines() if line.strip()]
+    return lines[-1] if lines else ""

@@ -1,0 +1,88 @@
+"""Whole runs through the command line, as a user types them (subprocesses, CPU, toy set)."""
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import last_line, run_cli
+
+pytestmark = pytest.mark.slow
+
+FAST = ["logger=csv", "trainer.max_steps=5", "trainer.enable_progress_bar=false", "data.num_workers=0"]
+
+
+def _common(data_dir: Path, out: Path) -> list[str]:
+    return [f"paths.data_dir={data_dir}", f"paths.output_dir={out}"]
+
+
+def _results(out: Path) -> list[dict]:
+    return [json.loads(p.read_text()) for p in sorted(out.rglob("results.json"))]
+
+
+def test_train_then_eval_reproduces_mIoU(data_dir, tmp_path):
+    run = run_cli("train.py", *_common(data_dir, tmp_path), *FAST)
+    assert run.returncode == 0, run.stderr[-3000:]
+    (results,) = _results(tmp_path)
+    assert last_line(run.stdout) == f"val mIoU: {results['best_val_mIoU']:.2f}"
+    assert results["steps"] == 5 and results["method"] == "supervised" and results["dataset"] == "toy"
+    assert set(results["per_class_IoU"]) == {"background", "disk", "square", "triangle", "ring", "cross"}
+    ckpt = Path(results["best_checkpoint"])
+    assert ckpt.is_file()
+
+    evaluation = run_cli("eval.py", f"ckpt_path={ckpt}", "dataset=toy", *_common(data_dir, tmp_path / "eval"),
+                         "data.num_workers=0", "trainer.enable_progress_bar=false",
+                         f"input_dir={data_dir / 'toy' / 'JPEGImages'}")
+    assert evaluation.returncode == 0, evaluation.stderr[-3000:]
+    assert last_line(evaluation.stdout) == last_line(run.stdout)
+    (eval_results,) = _results(tmp_path / "eval")
+    assert eval_results["val_mIoU"] == pytest.approx(results["best_val_mIoU"], abs=1e-9)
+    assert eval_results["predicted_images"] == 1200
+    assert re.search(r"^disk\s+\d+\.\d\d$", evaluation.stdout, re.M)  # the per-class table
+
+
+def test_resume_continues_the_step_count(data_dir, tmp_path):
+    first = run_cli("train.py", *_common(data_dir, tmp_path), *FAST, "hydra.run.dir=" + str(tmp_path / "run"))
+    assert first.returncode == 0, first.stderr[-3000:]
+    second = run_cli("train.py", *_common(data_dir, tmp_path), *FAST[:1], "trainer.max_steps=9", "data.num_workers=0",
+                     "trainer.enable_progress_bar=false", "hydra.run.dir=" + str(tmp_path / "run"), "ckpt_path=last")
+    assert second.returncode == 0, second.stderr[-3000:]
+    (results,) = _results(tmp_path)
+    assert results["steps"] == 9
+
+
+def test_multirun_writes_one_results_file_per_job(data_dir, tmp_path):
+    run = run_cli("train.py", "-m", "method=supervised", "dataset=toy", "seed=0,1", *_common(data_dir, tmp_path), *FAST)
+    assert run.returncode == 0, run.stderr[-3000:]
+    results = _results(tmp_path)
+    assert sorted(r["seed"] for r in results) == [0, 1]
+    assert len({r["run_dir"] for r in results}) == 2
+
+
+def test_ddp_on_two_cpu_processes(data_dir, tmp_path):
+    run = run_cli("train.py", "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2",
+                  *_common(data_dir, tmp_path), *FAST)
+    assert run.returncode == 0, run.stderr[-3000:]
+    (results,) = _results(tmp_path)  # one run dir, written by rank 0 only
+    assert results["devices"] == 2 and results["global_batch_size"] == 16 and results["steps"] == 5
+    assert last_line(run.stdout) == f"val mIoU: {results['best_val_mIoU']:.2f}"
+
+
+def test_bad_inputs_end_with_one_line(data_dir, tmp_path):
+    run = run_cli("train.py", "dataset=pascal", "paths.data_root=/nonexistent", f"paths.output_dir={tmp_path}")
+    assert run.returncode != 0
+    assert run.stderr.strip().splitlines() == ["error: dataset root not found: /nonexistent "
+                                               "(set paths.data_root=<folder of pascal>)"]
+    run = run_cli("eval.py", f"ckpt_path={tmp_path / 'none.ckpt'}", f"paths.output_dir={tmp_path}")
+    assert run.returncode != 0 and run.stderr.strip().splitlines()[-1].startswith("error: checkpoint not found")
+    run = run_cli("train.py", "method=nope", f"paths.output_dir={tmp_path}")
+    assert run.returncode != 0 and "Available options in 'method'" in run.stderr
+    assert not list(tmp_path.rglob("results.json"))
+
+
+def test_wandb_offline_run(data_dir, tmp_path):
+    run = run_cli("train.py", *_common(data_dir, tmp_path), *FAST[1:], "logger=wandb", env={"WANDB_MODE": "offline"})
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert list(tmp_path.rglob("offline-run-*")), "no offline W&B run directory"
+    assert "wandb sync" in run.stdout + run.stderr

@@ -1,0 +1,136 @@
+from pathlib import Path
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from sslseg.errors import UserError
+from sslseg.models import build_segmentor
+from sslseg.models.resnet import DeepStemResNet
+from tests.conftest import ROOT, SHARED
+
+CONF = ROOT / "conf"
+
+
+def _cfgs(backbone: str, model: str = "deeplabv3plus", **backbone_overrides):
+    b = OmegaConf.load(CONF / "backbone" / f"{backbone}.yaml")
+    b.pretrained = None
+    b.merge_with(backbone_overrides)
+    m = OmegaConf.load(CONF / "model" / "deeplabv3plus.yaml")
+    if model == "deeplabv3plus_tiny":
+        m.merge_with(OmegaConf.load(CONF / "model" / "deeplabv3plus_tiny.yaml"))
+        m.pop("defaults")
+    return b, m
+
+
+def _key_list(path: Path) -> dict[str, tuple[int, ...]]:
+    keys = {}
+    for line in path.read_text().splitlines():
+        name, shape = line.split(" ", 1)
+        keys[name] = tuple(int(s) for s in shape.strip("()").split(",") if s.strip())
+    return keys
+
+
+@pytest.mark.parametrize("depth,layers", [(50, [3, 4, 6, 3]), (101, [3, 4, 23, 3])])
+def test_state_dict_matches_seed_methods_key_list(depth, layers):
+    key_file = SHARED / "specs" / f"resnet{depth}_keys.txt"
+    if not key_file.is_file():
+        pytest.skip("../shared/specs not present")
+    model = DeepStemResNet(layers=layers)
+    ours = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    assert ours == _key_list(key_file)
+
+
+@pytest.mark.parametrize("output_stride", [8, 16])
+def test_feature_strides(output_stride):
+    model = DeepStemResNet(layers=[1, 1, 1, 1], stem_width=8, base_width=8, output_stride=output_stride)
+    c1, c2, c3, c4 = model(torch.randn(1, 3, 64, 64))
+    assert c1.shape[-1] == 16 and c4.shape[-1] == 64 // output_stride
+    assert [c.shape[1] for c in (c1, c2, c3, c4)] == [32, 64, 128, 256]
+
+
+def test_resnet101_deeplab_has_reference_parameter_count():
+    b, m = _cfgs("resnet101")
+    net = build_segmentor(b, m, num_classes=21)
+    assert round(sum(p.numel() for p in net.parameters()) / 1e6, 1) == 59.5  # UniMatch logs: 59.5M
+
+
+def test_segmentor_outputs_and_feature_perturbation():
+    torch.manual_seed(0)
+    b, m = _cfgs("tiny", "deeplabv3plus_tiny")
+    net = build_segmentor(b, m, num_classes=6).eval()
+    x = torch.randn(2, 3, 48, 48)
+    out = net(x)
+    assert out.logits.shape == (2, 6, 48, 48) and out.features.shape == (2, 64, 12, 12) and out.logits_fp is None
+    fp = net(x, perturb=True)
+    torch.testing.assert_close(fp.logits, out.logits)  # eval-mode BN: the clean half is unchanged
+    assert fp.logits_fp.shape == out.logits.shape
+    assert not torch.allclose(fp.logits_fp, fp.logits)  # dropout stays active in eval mode
+
+
+def test_fused_feature_hook_replaces_the_fused_feature():
+    b, m = _cfgs("tiny", "deeplabv3plus_tiny")
+    net = build_segmentor(b, m, num_classes=6).eval()
+    seen = {}
+
+    def hook(fused):
+        seen["shape"] = tuple(fused.shape)
+        return torch.zeros_like(fused)
+
+    out = net(torch.randn(1, 3, 32, 32), fused_hook=hook)
+    assert seen["shape"] == (1, 16 + 64, 8, 8)  # low-level 16 + ASPP 512/8
+    # All-zero fused input: every pixel gets the same logits.
+    assert torch.allclose(out.logits, out.logits[:, :, :1, :1].expand_as(out.logits), atol=1e-5)
+
+
+def _key_file_state(depth: int) -> dict[str, torch.Tensor]:
+    key_file = SHARED / "specs" / f"resnet{depth}_keys.txt"
+    if not key_file.is_file():
+        pytest.skip("../shared/specs not present")
+    gen = torch.Generator().manual_seed(0)
+    state = {k: torch.randn(shape, generator=gen) if shape else torch.tensor(0)
+             for k, shape in _key_list(key_file).items()}
+    state["fc.weight"], state["fc.bias"] = torch.randn(1000, 2048), torch.randn(1000)
+    return state
+
+
+def test_seed_method_pth_loads_strictly(tmp_path):
+    state = _key_file_state(101)
+    torch.save(state, tmp_path / "resnet101.pth")
+    b, m = _cfgs("resnet101")
+    b.pretrained = str(tmp_path / "resnet101.pth")
+    net = build_segmentor(b, m, num_classes=21)
+    loaded = net.backbone.state_dict()
+    for key in ("conv1.0.weight", "layer3.22.bn3.running_var", "layer4.2.conv3.weight"):
+        torch.testing.assert_close(loaded[key], state[key])
+
+
+def test_missing_key_is_named(tmp_path):
+    state = _key_file_state(101)
+    del state["layer3.7.conv2.weight"]
+    torch.save(state, tmp_path / "r101.pth")
+    b, m = _cfgs("resnet101")
+    b.pretrained = str(tmp_path / "r101.pth")
+    with pytest.raises(UserError, match=r"missing keys for backbone: layer3\.7\.conv2\.weight"):
+        build_segmentor(b, m, num_classes=21)
+
+
+def test_unexpected_and_misshaped_keys_are_named(tmp_path):
+    b, m = _cfgs("tiny", "deeplabv3plus_tiny")
+    state = DeepStemResNet(layers=[1, 1, 1, 1], stem_width=16, base_width=16).state_dict()
+    torch.save(state | {"head.weight": torch.zeros(1)}, tmp_path / "extra.pth")
+    b.pretrained = str(tmp_path / "extra.pth")
+    with pytest.raises(UserError, match=r"unexpected keys for backbone: head\.weight"):
+        build_segmentor(b, m, num_classes=6)
+    state["conv1.0.weight"] = torch.zeros(16, 3, 5, 5)
+    torch.save(state, tmp_path / "shape.pth")
+    b.pretrained = str(tmp_path / "shape.pth")
+    with pytest.raises(UserError, match=r"shape mismatch for conv1\.0\.weight"):
+        build_segmentor(b, m, num_classes=6)
+
+
+def test_missing_pretrained_file_says_how_to_fix(tmp_path):
+    b, m = _cfgs("tiny", "deeplabv3plus_tiny")
+    b.pretrained = str(tmp_path / "nope.pth")
+    with pytest.raises(UserError, match=r"pretrained weights not found: .*nope.pth \(set backbone.pretrained"):
+        build_segmentor(b, m, num_classes=6)

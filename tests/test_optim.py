@@ -1,0 +1,34 @@
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from sslseg.methods.supervised import Supervised
+from tests.conftest import compose_cfg
+
+
+def test_poly_schedule_and_head_multiplier():
+    cfg = compose_cfg(["optim.lr=0.01", "optim.lr_multiplier=10"])
+    module = Supervised(cfg)
+    module._trainer = SimpleNamespace(estimated_stepping_batches=100)
+    conf = module.configure_optimizers()
+    optimizer, schedule = conf["optimizer"], conf["lr_scheduler"]["scheduler"]
+    assert conf["lr_scheduler"]["interval"] == "step"
+    backbone, head = optimizer.param_groups
+    assert {id(p) for p in backbone["params"]} == {id(p) for p in module.model.backbone.parameters()}
+    assert len(backbone["params"]) + len(head["params"]) == len(list(module.parameters()))
+    assert backbone["weight_decay"] == 1e-4 and backbone["momentum"] == 0.9
+    lrs = []
+    for _ in range(51):
+        lrs.append((backbone["lr"], head["lr"]))
+        optimizer.step()
+        schedule.step()
+    assert lrs[0] == pytest.approx((0.01, 0.1))  # step 0 uses the base lr
+    assert lrs[50] == pytest.approx((0.01 * 0.5**0.9, 0.1 * 0.5**0.9))  # (1 - 50/100)^0.9
+
+
+def test_normalize_matches_imagenet_statistics():
+    module = Supervised(compose_cfg([]))
+    image = torch.tensor([[[[0]], [[128]], [[255]]]], dtype=torch.uint8)
+    expected = torch.tensor([(0 / 255 - 0.485) / 0.229, (128 / 255 - 0.456) / 0.224, (1 - 0.406) / 0.225])
+    torch.testing.assert_close(module.normalize(image).flatten(), expected)

@@ -1,0 +1,69 @@
+import pytest
+
+from sslseg.cli import quote_split_overrides
+from sslseg.data.splits import Sample, read_split_file, split_files, write_split_file
+from sslseg.errors import UserError, one_line
+from tests.conftest import compose_cfg
+
+
+def test_split_file_formats(tmp_path):
+    path = tmp_path / "list.txt"
+    path.write_text("JPEGImages/a.jpg SegmentationClass/a.png\nJPEGImages/b.jpg\n\n")  # no mask on line 2
+    assert read_split_file(path, need_masks=False) == [Sample("JPEGImages/a.jpg", "SegmentationClass/a.png"),
+                                                       Sample("JPEGImages/b.jpg", None)]
+    with pytest.raises(UserError, match=r"list.txt:2: expected"):
+        read_split_file(path, need_masks=True)
+
+
+def test_split_round_trip_without_trailing_newline(tmp_path):
+    samples = [Sample("x/1.jpg", "y/1.png"), Sample("x/2.jpg", None)]
+    write_split_file(tmp_path / "s.txt", samples)
+    (tmp_path / "s.txt").write_text((tmp_path / "s.txt").read_text().rstrip("\n"))  # UniMatch's files end so
+    assert read_split_file(tmp_path / "s.txt", need_masks=False) == samples
+
+
+def test_missing_split_names_available_ones(tmp_path):
+    for name in ("92", "1_16"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "labeled.txt").write_text("a b\n")
+    with pytest.raises(UserError, match=r"split '183' not found .* \(available: 1_16, 92\)"):
+        split_files(tmp_path, "183")
+    assert split_files(tmp_path, "1_16").labeled == tmp_path / "1_16" / "labeled.txt"
+
+
+def test_split_overrides_are_quoted():
+    assert quote_split_overrides(["train.py", "split=1_16", "seed=1"]) == ["train.py", "split='1_16'", "seed=1"]
+    assert quote_split_overrides(["split=92,1_16"]) == ["split='92','1_16'"]
+    assert quote_split_overrides(["split='1_8'"]) == ["split='1_8'"]  # already quoted: untouched
+
+
+def test_compose_keeps_split_folder_name():
+    cfg = compose_cfg(["dataset=cityscapes", "split=1_16"])
+    assert cfg.split == "1_16"  # unquoted, Hydra would give the integer 116
+    assert cfg.dataset.crop_size == 801 and cfg.dataset.criterion.name == "ohem"
+    assert cfg.dataset.eval.mode == "sliding" and cfg.backbone.name == "resnet101"
+
+
+@pytest.mark.parametrize("dataset,crop,classes,lr,mult,epochs,thresh", [
+    ("pascal", 321, 21, 0.001, 10.0, 80, 0.95),
+    ("cityscapes", 801, 19, 0.005, 1.0, 240, 0.0),
+    ("coco", 513, 81, 0.004, 10.0, 30, 0.95),
+])
+def test_dataset_configs_carry_published_defaults(dataset, crop, classes, lr, mult, epochs, thresh):
+    cfg = compose_cfg([f"dataset={dataset}"])
+    d = cfg.dataset
+    assert (d.crop_size, d.num_classes, d.lr, d.lr_multiplier, d.epochs, d.conf_thresh) == (
+        crop, classes, lr, mult, epochs, thresh)
+    assert len(d.class_names) == classes and d.batch_size == 2
+    assert cfg.optim.lr == lr and cfg.trainer.max_epochs == epochs
+
+
+def test_backbone_override_wins_over_dataset_choice():
+    cfg = compose_cfg(["dataset=pascal", "backbone=resnet50"])
+    assert cfg.backbone.name == "resnet50" and cfg.model.name == "deeplabv3plus"
+
+
+def test_worker_wrapped_error_gives_one_line():
+    wrapped = RuntimeError("Caught UserError in DataLoader worker process 0.\nOriginal Traceback (most recent "
+                           "call last):\n  File x\nsslseg.errors.UserError: cannot read image: /a/b.jpg")
+    assert one_line(wrapped) == "cannot read image: /a/b.jpg"
