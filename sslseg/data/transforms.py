@@ -27,7 +27,9 @@ def geometric_transform(crop_size: int, scale_range: tuple[float, float], mask_f
             A.RandomScale(
                 scale_limit=(low - 1.0, high - 1.0),
                 interpolation=cv2.INTER_LINEAR,
-                mask_interpolation=cv2.INTER_NEAREST,
+                # centre-aligned like bilinear (and PIL's NEAREST); cv2.INTER_NEAREST floors and
+                # shifts masks up to half a source pixel against their images
+                mask_interpolation=cv2.INTER_NEAREST_EXACT,
                 p=1.0,
             ),
             A.RandomCrop(
