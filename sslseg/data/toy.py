@@ -27,8 +27,9 @@ IMAGE_SIZE = 96
 NUM_TRAIN = 1000
 NUM_VAL = 200
 LABELED_SPLITS = (16, 32, 64, 128)
-TEXTURE_MATCH = 1.0  # every object wears its own class texture
-VERSION = f"toy-v2 tex={TEXTURE_MATCH} size={IMAGE_SIZE} train={NUM_TRAIN} val={NUM_VAL} splits={LABELED_SPLITS}"
+TEXTURE_MATCH = 0.8  # probability that an object wears its own class's texture
+CLUTTER_STROKES = 3  # at most this many 1-px background strokes
+VERSION = f"toy-v4 tex={TEXTURE_MATCH} size={IMAGE_SIZE} train={NUM_TRAIN} val={NUM_VAL} splits={LABELED_SPLITS}"
 
 
 def _palette() -> list[int]:
@@ -68,16 +69,25 @@ def _shape_mask(cls: int, u: np.ndarray, v: np.ndarray, r: float) -> np.ndarray:
 
 def _texture(kind: int, u: np.ndarray, v: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """A [0, 1] pattern per pixel; `kind` 1..5 = stripes, checker, dots, plain, rings."""
-    f = rng.uniform(0.35, 0.7)
+    period = rng.uniform(8.0, 12.0)
+    w = 2 * np.pi / period
     if kind == 1:
-        return 0.5 + 0.5 * np.sin(f * u * 2.2)
+        return (np.sin(w * u) > 0).astype(np.float32)
     if kind == 2:
-        return ((np.floor(u * f / 1.5) + np.floor(v * f / 1.5)) % 2).astype(np.float32)
+        return ((np.floor(u / period * 2) + np.floor(v / period * 2)) % 2).astype(np.float32)
     if kind == 3:
-        return ((np.sin(f * u * 1.6) * np.sin(f * v * 1.6)) > 0.45).astype(np.float32)
+        return ((np.sin(w * u) * np.sin(w * v)) > 0.5).astype(np.float32)
     if kind == 4:
-        return np.full_like(u, rng.uniform(0.2, 0.8))
-    return 0.5 + 0.5 * np.sin(f * np.sqrt(u**2 + v**2) * 2.0)
+        return np.ones_like(u)
+    return (np.sin(w * np.sqrt(u**2 + v**2)) > 0).astype(np.float32)
+
+
+def _contrasting_colours(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Two random colours at least ~100 apart (per-object colour varies freely; texture stays visible)."""
+    while True:
+        a, b = rng.uniform(0, 255, 3), rng.uniform(0, 255, 3)
+        if np.linalg.norm(a - b) > 100:
+            return a, b
 
 
 def render(index: int, seed: int = 0, size: int = IMAGE_SIZE) -> tuple[np.ndarray, np.ndarray]:
@@ -89,31 +99,30 @@ def render(index: int, seed: int = 0, size: int = IMAGE_SIZE) -> tuple[np.ndarra
     c0, c1 = rng.uniform(0, 255, 3), rng.uniform(0, 255, 3)
     t = (np.cos(rng.uniform(0, np.pi)) * xx + np.sin(rng.uniform(0, np.pi)) * yy) / size
     image = c0 + (c1 - c0) * t[..., None]
-    blotches = cv2.resize(rng.uniform(-40, 40, (4, 4, 3)).astype(np.float32), (size, size))
-    image = image + blotches
-    for _ in range(rng.integers(2, 7)):
+    image = image + cv2.resize(rng.uniform(-30, 30, (4, 4, 3)).astype(np.float32), (size, size))
+    for _ in range(rng.integers(0, CLUTTER_STROKES + 1)):
         p0, p1 = rng.integers(0, size, 2), rng.integers(0, size, 2)
         cv2.line(image, tuple(int(a) for a in p0), tuple(int(a) for a in p1),
-                 tuple(float(a) for a in rng.uniform(0, 255, 3)), int(rng.integers(1, 3)))
+                 tuple(float(a) for a in rng.uniform(0, 255, 3)), 1)
 
     label = np.zeros((size, size), dtype=np.uint8)
-    for _ in range(rng.integers(1, 5)):  # later objects occlude earlier ones
+    for _ in range(rng.integers(2, 5)):  # later objects occlude earlier ones
         cls = int(rng.integers(1, len(CLASS_NAMES)))
-        r = rng.uniform(0.09, 0.3) * size
-        cx, cy = rng.uniform(0.1, 0.9, 2) * size
+        r = rng.uniform(0.16, 0.34) * size
+        cx, cy = rng.uniform(0.15, 0.85, 2) * size
         theta = rng.uniform(0, 2 * np.pi)
         u = np.cos(theta) * (xx - cx) + np.sin(theta) * (yy - cy)
         v = -np.sin(theta) * (xx - cx) + np.cos(theta) * (yy - cy)
         inside = _shape_mask(cls, u, v, r)
         kind = cls if rng.random() < TEXTURE_MATCH else int(rng.integers(1, 6))
         pattern = _texture(kind, u, v, rng)[..., None]
-        fg, bg = rng.uniform(0, 255, 3), rng.uniform(0, 255, 3)
+        fg, bg = _contrasting_colours(rng)
         image[inside] = (bg + (fg - bg) * pattern)[inside]
         label[inside] = cls
 
     # Lighting, noise; VOC-style ignore band on object borders.
-    image = image * rng.uniform(0.7, 1.3) + rng.uniform(-25, 25)
-    image = image + rng.normal(0, rng.uniform(2, 12), image.shape)
+    image = image * rng.uniform(0.8, 1.2) + rng.uniform(-20, 20)
+    image = image + rng.normal(0, rng.uniform(2, 8), image.shape)
     image = np.clip(image, 0, 255).astype(np.uint8)
     kernel = np.ones((3, 3), np.uint8)
     border = cv2.dilate(label, kernel) != cv2.erode(label, kernel)

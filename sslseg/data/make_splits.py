@@ -1,0 +1,135 @@
+"""Write split lists in UniMatch's format from a dataset folder (seeded).
+
+    python -m sslseg.data.make_splits pascal /data/VOC2012 splits/pascal --labeled 92 183 366 732 1464
+    python -m sslseg.data.make_splits cityscapes /data/cityscapes splits/cityscapes --fractions 1_16 1_8
+    python -m sslseg.data.make_splits coco /data/coco splits/coco --fractions 1_512 1_256
+    python -m sslseg.data.make_splits custom /data/mine splits/custom --labeled 50 --val-fraction 0.2
+
+Layouts (paths relative to the dataset root, as in the lists):
+  pascal      JPEGImages/<id>.jpg, SegmentationClass/<id>.png (SBD-augmented masks),
+              ImageSets/Segmentation/{train,val}.txt. "Classic" splits: labeled images drawn from
+              VOC's own train list (1464 fine annotations), unlabeled = every other image with a
+              mask that is not in val (the 10582 train_aug set). `--blended` draws labeled images
+              from the whole pool instead (the 1/16, 1/8, ... protocol).
+  cityscapes  leftImg8bit/{train,val}/<city>/<name>_leftImg8bit.png with
+              gtFine/.../<name>_gtFine_labelTrainIds.png; labeled = a random fraction of train.
+  coco        train2017/<id>.jpg, val2017/<id>.jpg, masks/<id>.png; unlabeled = train2017 minus
+              the labeled images.
+  custom      images/<name>.<jpg|png> and masks/<name>.png; val = a random --val-fraction.
+A fraction `1_16` means ceil(N/16) labeled images (this reproduces every published split size:
+Pascal 662/1323/2646, Cityscapes 186/372/744/1488 and 100 for 1_30, COCO 232/463/925/1849/3697);
+`--labeled N` gives counts instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import random
+from pathlib import Path
+
+from sslseg.data.splits import Sample, write_split_file
+from sslseg.errors import UserError, exit_on_user_error
+
+
+def _require(path: Path) -> Path:
+    if not path.exists():
+        raise UserError(f"not found: {path}")
+    return path
+
+
+def pascal_pool(root: Path) -> tuple[list[Sample], list[Sample], set[str]]:
+    """(train pool, val, ids of VOC's fine train list)."""
+    sets = _require(root / "ImageSets" / "Segmentation")
+    val_ids = (sets / "val.txt").read_text().split()
+    fine_ids = set(_require(sets / "train.txt").read_text().split())
+    masks = sorted(p.stem for p in _require(root / "SegmentationClass").glob("*.png"))
+    sample = lambda i: Sample(f"JPEGImages/{i}.jpg", f"SegmentationClass/{i}.png")
+    val_set = set(val_ids)
+    return [sample(i) for i in masks if i not in val_set], [sample(i) for i in val_ids], fine_ids
+
+
+def cityscapes_pool(root: Path) -> tuple[list[Sample], list[Sample]]:
+    def listing(subset: str) -> list[Sample]:
+        images = sorted(_require(root / "leftImg8bit" / subset).glob("*/*_leftImg8bit.png"))
+        out = []
+        for image in images:
+            rel = image.relative_to(root).as_posix()
+            mask = rel.replace("leftImg8bit/", "gtFine/", 1).replace("_leftImg8bit.png", "_gtFine_labelTrainIds.png")
+            out.append(Sample(rel, mask))
+        return out
+
+    return listing("train"), listing("val")
+
+
+def coco_pool(root: Path) -> tuple[list[Sample], list[Sample]]:
+    def listing(subset: str) -> list[Sample]:
+        return [Sample(f"{subset}/{p.name}", f"masks/{p.stem}.png")
+                for p in sorted(_require(root / subset).glob("*.jpg"))]
+
+    return listing("train2017"), listing("val2017")
+
+
+def custom_pool(root: Path, val_fraction: float, rng: random.Random) -> tuple[list[Sample], list[Sample]]:
+    images = sorted(p for p in _require(root / "images").iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
+    samples = [Sample(f"images/{p.name}", f"masks/{p.stem}.png") for p in images]
+    rng.shuffle(samples)
+    n_val = round(len(samples) * val_fraction)
+    return sorted(samples[n_val:], key=lambda s: s.image), sorted(samples[:n_val], key=lambda s: s.image)
+
+
+def count(name: str, pool_size: int) -> int:
+    if "_" in name:
+        num, den = name.split("_")
+        return math.ceil(pool_size * int(num) / int(den))
+    return int(name)
+
+
+def write_splits(out: Path, pool: list[Sample], val: list[Sample], names: list[str], seed: int,
+                 candidates: list[Sample] | None = None) -> None:
+    """Labeled = a seeded sample of `candidates` (default: the pool); unlabeled = pool - labeled."""
+    candidates = candidates if candidates is not None else pool
+    for name in names:
+        n = count(name, len(pool))
+        if not 0 < n <= len(candidates):
+            raise UserError(f"split {name}: {n} labeled images requested, {len(candidates)} available")
+        labeled = sorted(random.Random(f"{seed}-{name}").sample(candidates, n), key=lambda s: s.image)
+        chosen = {s.image for s in labeled}
+        write_split_file(out / name / "labeled.txt", labeled)
+        write_split_file(out / name / "unlabeled.txt", [s for s in pool if s.image not in chosen])
+    write_split_file(out / "val.txt", val)
+
+
+@exit_on_user_error
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("layout", choices=["pascal", "cityscapes", "coco", "custom"])
+    parser.add_argument("root", type=Path, help="dataset root")
+    parser.add_argument("out", type=Path, help="output folder, e.g. splits/pascal")
+    parser.add_argument("--labeled", nargs="*", default=[], help="labeled counts, e.g. 92 183")
+    parser.add_argument("--fractions", nargs="*", default=[], help="labeled fractions, e.g. 1_16 1_8")
+    parser.add_argument("--blended", action="store_true", help="pascal: draw labels from the whole pool")
+    parser.add_argument("--val-fraction", type=float, default=0.2, help="custom: share of images for val")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    names = args.labeled + args.fractions
+    if not names:
+        parser.error("give --labeled and/or --fractions")
+    root = _require(args.root)
+    candidates = None
+    if args.layout == "pascal":
+        pool, val, fine = pascal_pool(root)
+        if not args.blended:
+            candidates = [s for s in pool if Path(s.image).stem in fine]
+    elif args.layout == "cityscapes":
+        pool, val = cityscapes_pool(root)
+    elif args.layout == "coco":
+        pool, val = coco_pool(root)
+    else:
+        pool, val = custom_pool(root, args.val_fraction, random.Random(args.seed))
+    write_splits(args.out, pool, val, names, args.seed, candidates)
+    print(f"wrote {', '.join(names)} and val.txt ({len(pool)} train / {len(val)} val images) to {args.out}")
+
+
+if __name__ == "__main__":
+    main()
