@@ -13,7 +13,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from hydra.utils import get_class
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
-from lightning.pytorch.utilities import rank_zero_only
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from sslseg.data.datamodule import SemiSegDataModule
@@ -42,8 +42,13 @@ def uses_gpu(trainer_cfg: DictConfig) -> bool:
 
 def trainer_kwargs(cfg: DictConfig) -> dict:
     kwargs = OmegaConf.to_container(cfg.trainer, resolve=True)
+    gpu = uses_gpu(cfg.trainer)
     if kwargs.get("precision") == "auto":
-        kwargs["precision"] = "bf16-mixed" if uses_gpu(cfg.trainer) else "32-true"
+        kwargs["precision"] = "bf16-mixed" if gpu else "32-true"
+    if kwargs.get("sync_batchnorm") and not gpu:
+        # torch's SyncBatchNorm runs on CUDA only; CPU processes normalise with their own batch.
+        rank_zero_info("trainer.sync_batchnorm ignored on CPU (SyncBatchNorm needs GPUs)")
+        kwargs["sync_batchnorm"] = False
     return kwargs
 
 
@@ -92,9 +97,9 @@ def train(cfg: DictConfig) -> dict | None:
     module = cls(cfg)
 
     logger = build_logger(cfg, run_dir)
-    checkpoint = ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="best", monitor=cfg.callbacks.checkpoint.monitor,
-                                 mode=cfg.callbacks.checkpoint.mode, save_last=cfg.callbacks.checkpoint.save_last,
-                                 auto_insert_metric_name=False)
+    ckpt_cfg = cfg.callbacks.checkpoint
+    checkpoint = ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="best", monitor=ckpt_cfg.monitor,
+                                 mode=ckpt_cfg.mode, save_last=ckpt_cfg.save_last, auto_insert_metric_name=False)
     callbacks = [checkpoint]
     if logger is not None and cfg.callbacks.lr_monitor:
         callbacks.append(LearningRateMonitor(logging_interval="step"))
@@ -105,14 +110,15 @@ def train(cfg: DictConfig) -> dict | None:
                              "run_dir": str(run_dir)})
     try:
         trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
-        if module.last_val is None or not checkpoint.best_model_path:  # stopped before any validation
+        # Kept in a local: validate(ckpt_path=...) restores the callback's state from that file.
+        best_path = checkpoint.best_model_path
+        if module.last_val is None or not best_path:  # stopped (max_steps) before any validation
             trainer.validate(module, datamodule=datamodule, verbose=False)
-            trainer.save_checkpoint(run_dir / "checkpoints" / "best.ckpt")
-            checkpoint.best_model_path = str(run_dir / "checkpoints" / "best.ckpt")
-        final = module.last_val
-        best = final
+            best_path = str(run_dir / "checkpoints" / "best.ckpt")
+            trainer.save_checkpoint(best_path)
+        final = best = module.last_val
         if cfg.evaluate_best:
-            trainer.validate(module, datamodule=datamodule, ckpt_path=checkpoint.best_model_path, verbose=False)
+            trainer.validate(module, datamodule=datamodule, ckpt_path=best_path, verbose=False)
             best = module.last_val
     finally:
         _finish_wandb()
@@ -122,7 +128,7 @@ def train(cfg: DictConfig) -> dict | None:
         "backbone": cfg.backbone.name, "decoder": cfg.model.name, "seed": int(cfg.seed),
         "best_val_mIoU": best["mIoU"], "final_val_mIoU": final["mIoU"],
         "per_class_IoU": best["per_class_IoU"],
-        "best_checkpoint": checkpoint.best_model_path, "steps": int(trainer.global_step),
+        "best_checkpoint": best_path, "steps": int(trainer.global_step),
         "epochs": int(trainer.current_epoch), "wall_seconds": round(time.time() - start, 1),
         "devices": trainer.world_size, "global_batch_size": global_batch,
         "precision": str(trainer.precision), "run_dir": str(run_dir),

@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 
 from lightning.pytorch.loggers import CSVLogger, Logger, WandbLogger
-from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from sslseg.errors import UserError
@@ -36,7 +36,8 @@ def build_logger(cfg: DictConfig, run_dir: Path) -> Logger | None:
         mode = "online" if wandb_logged_in() else "offline"
     os.environ["WANDB_SILENT"] = "true"  # keep the run's console output to our own lines
     if mode == "offline":
-        rank_zero_info(f"W&B offline (not logged in): sync later with `wandb sync {run_dir}/wandb/offline-run-*`")
+        if rank_zero_only.rank == 0:
+            print(f"W&B offline (not logged in): sync later with `wandb sync {run_dir}/wandb/offline-run-*`")
     logger = WandbLogger(
         project=cfg.logger.project, entity=cfg.logger.get("entity"), group=cfg.logger.get("group"),
         name=run_dir.name, save_dir=str(run_dir), mode=mode,

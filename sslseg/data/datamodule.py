@@ -84,7 +84,8 @@ class SemiSegDataModule(pl.LightningDataModule):
         if self.is_toy:
             ensure_toy_dataset(self.root)
         elif not self.root.is_dir():
-            raise UserError(f"dataset root not found: {self.root} (set paths.data_root=<folder of {self.dataset_cfg.name}>)")
+            raise UserError(
+                f"dataset root not found: {self.root} (set paths.data_root=<folder of {self.dataset_cfg.name}>)")
 
     def setup(self, stage: str | None = None) -> None:
         if self.val_set is not None:

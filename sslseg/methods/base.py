@@ -7,8 +7,8 @@ ImageNet-normalised float tensors on the device (channels_last when enabled).
 
 from __future__ import annotations
 
-import numpy as np
 import lightning.pytorch as pl
+import numpy as np
 import torch
 from lightning.pytorch.loggers import WandbLogger
 from omegaconf import DictConfig, OmegaConf
