@@ -90,7 +90,7 @@ def train(cfg: DictConfig) -> dict | None:
     pl.seed_everything(int(cfg.seed), workers=True, verbose=False)
 
     cls = method_class(cfg)
-    datamodule = build_datamodule(cfg, cls.streams, split=cfg.split)
+    datamodule = build_datamodule(cfg, cls.data_streams(cfg.method), split=cfg.split)
     if _is_launcher_rank():  # fail on bad paths/splits before building anything expensive
         datamodule.prepare_data()
         datamodule.setup("fit")

@@ -27,8 +27,10 @@ def class_names(dataset_cfg: DictConfig) -> list[str]:
 
 
 class SemiSegModule(pl.LightningModule):
-    #: training streams this method consumes from the DataModule
-    streams: tuple[str, ...] = ("labeled",)
+    @classmethod
+    def data_streams(cls, method_cfg) -> tuple[str, ...]:
+        """Training streams this method consumes from the DataModule."""
+        return ("labeled",)
 
     def __init__(self, cfg: DictConfig | dict, load_pretrained: bool = True):
         super().__init__()

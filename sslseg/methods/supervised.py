@@ -6,8 +6,6 @@ from sslseg.methods.base import SemiSegModule
 
 
 class Supervised(SemiSegModule):
-    streams = ("labeled",)
-
     def training_step(self, batch: dict, batch_idx: int):
         labeled = batch["labeled"]
         logits = self.model(self.normalize(labeled["image"])).logits

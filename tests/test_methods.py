@@ -1,0 +1,81 @@
+"""Method-level checks on random data: forward passes per step, losses, gradients."""
+
+import pytest
+import torch
+
+from sslseg.experiment import method_class
+from tests.conftest import compose_cfg
+
+B, CROP, K = 2, 32, 6
+
+
+def _batch(streams):
+    gen = torch.Generator().manual_seed(0)
+    img = lambda: torch.randint(0, 256, (B, 3, CROP, CROP), dtype=torch.uint8, generator=gen)
+    box = lambda: (torch.rand(B, CROP, CROP, generator=gen) > 0.5).to(torch.uint8)
+    unlabeled = lambda: {"weak": img(), "strong1": img(), "strong2": img(), "box1": box(), "box2": box(),
+                         "ignore": torch.zeros(B, CROP, CROP, dtype=torch.long)}
+    batch = {"labeled": {"image": img(), "mask": torch.randint(0, K, (B, CROP, CROP), generator=gen)}}
+    for name in streams[1:]:
+        batch[name] = unlabeled()
+    return batch
+
+
+def _module(method: str, *overrides: str):
+    cfg = compose_cfg([f"method={method}", *overrides])
+    module = method_class(cfg)(cfg)
+    return module, _batch(module.data_streams(cfg.method))
+
+
+def _count_passes(module, batch) -> tuple[int, int, torch.Tensor]:
+    """(network forward passes, decoder calls, loss) of one training step."""
+    calls = {"model": 0, "decoder": 0}
+    hooks = [module.model.register_forward_hook(lambda *_: calls.__setitem__("model", calls["model"] + 1)),
+             module.model.decoder.register_forward_hook(lambda *_: calls.__setitem__("decoder", calls["decoder"] + 1))]
+    module.train()
+    loss = module.training_step(batch, 0)
+    for hook in hooks:
+        hook.remove()
+    return calls["model"], calls["decoder"], loss
+
+
+@pytest.mark.parametrize("method,overrides,passes", [
+    ("supervised", [], 1),
+    ("fixmatch", [], 3),  # partner (eval, no grad), [labeled ‖ weak], strong
+    ("fixmatch", ["method.mix_source=batch"], 2),
+    ("unimatch", [], 3),  # partner, [labeled ‖ weak] + FP in one decoder batch, [strong1 ‖ strong2]
+    ("unimatch", ["method.mix_source=batch"], 2),
+    ("daw", [], 3),
+])
+def test_forward_passes_per_step(method, overrides, passes):
+    module, batch = _module(method, *overrides)
+    model_calls, decoder_calls, loss = _count_passes(module, batch)
+    assert model_calls == passes and decoder_calls == passes  # FP shares the decoder batch, no extra call
+    assert torch.isfinite(loss)
+    loss.backward()
+    grads = [p.grad for p in module.model.parameters()]
+    assert all(g is not None for g in grads), "every parameter takes part (DDP without find_unused_parameters)"
+
+
+def test_partner_pass_runs_in_eval_mode_and_restores_train_mode():
+    module, batch = _module("unimatch")
+    modes = []
+    module.model.backbone.bn1.register_forward_hook(lambda m, *_: modes.append(m.training))
+    module.train()
+    module.training_step(batch, 0)
+    assert modes == [False, True, True] and module.model.training
+
+
+def test_daw_updates_its_statistics_and_keeps_an_ema_model():
+    module, batch = _module("daw")
+    module.train()
+    module.training_step(batch, 0)
+    assert float(module.jump.mu_pos) != pytest.approx(1 / K) or float(module.jump.mu_neg) != pytest.approx(1 / K)
+    assert module.inference_model() is module.ema
+    state = module.state_dict()
+    assert "jump.tau" in state and "align.labeled" in state and any(k.startswith("ema.model.") for k in state)
+
+
+def test_unimatch_threshold_comes_from_the_dataset():
+    assert compose_cfg(["method=unimatch", "dataset=cityscapes"]).method.conf_thresh == 0.0
+    assert compose_cfg(["method=unimatch", "dataset=pascal"]).method.conf_thresh == 0.95
