@@ -88,6 +88,7 @@ def train(cfg: DictConfig) -> dict | None:
     check_launch(cfg)
     quiet_duplicate_logs()
     pl.seed_everything(int(cfg.seed), workers=True, verbose=False)
+    torch.set_float32_matmul_precision(cfg.perf.matmul_precision)
 
     cls = method_class(cfg)
     datamodule = build_datamodule(cfg, cls.data_streams(cfg.method), split=cfg.split)

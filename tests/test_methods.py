@@ -79,3 +79,29 @@ def test_daw_updates_its_statistics_and_keeps_an_ema_model():
 def test_unimatch_threshold_comes_from_the_dataset():
     assert compose_cfg(["method=unimatch", "dataset=cityscapes"]).method.conf_thresh == 0.0
     assert compose_cfg(["method=unimatch", "dataset=pascal"]).method.conf_thresh == 0.95
+
+
+EXPERIMENTS = sorted(p.stem for p in (__import__("pathlib").Path(__file__).parents[1] / "conf" / "experiment").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("name", EXPERIMENTS)
+def test_every_preset_composes_to_the_published_setting(name):
+    from omegaconf import OmegaConf
+
+    method, dataset = name.split("_", 1)
+    cfg = compose_cfg([f"experiment={name}"])
+    OmegaConf.resolve(cfg)
+    assert cfg.method.name == method and cfg.dataset.name == dataset.removesuffix("_blended")
+    assert cfg.trainer.strategy == "ddp" and cfg.trainer.devices == 4 and cfg.data.batch_size == 2
+    assert cfg.backbone.name == "resnet101" and cfg.model.name == "deeplabv3plus"
+    expected_crop = {"pascal": 513 if method == "daw" else 321, "cityscapes": 801, "coco": 513}
+    assert cfg.dataset.crop_size == expected_crop[cfg.dataset.name]
+    expected_split = {"pascal": "1464", "cityscapes": "1_16", "coco": "1_512"}[cfg.dataset.name]
+    assert str(cfg.split) == ("1_16" if dataset.endswith("blended") else expected_split)
+    if method != "daw":
+        assert cfg.method.conf_thresh == (0.0 if cfg.dataset.name == "cityscapes" else 0.95)
+
+
+def test_preset_split_can_be_overridden():
+    cfg = compose_cfg(["experiment=daw_pascal", "split=92"])
+    assert str(cfg.split) == "92" and cfg.dataset.crop_size == 513

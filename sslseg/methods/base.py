@@ -46,6 +46,7 @@ class SemiSegModule(pl.LightningModule):
         self.register_buffer("pixel_std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1) * 255, persistent=False)
         self.val_confusion = confusion_matrix_metric(self.num_classes)
         self.channels_last = False  # decided once the device is known (_apply_perf)
+        self._compiled = False
         self.last_val: dict | None = None
         self._val_examples: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
 
@@ -60,10 +61,16 @@ class SemiSegModule(pl.LightningModule):
         return self.model
 
     def _apply_perf(self) -> None:
-        setting = self.cfg.get("perf", {}).get("channels_last", "auto")
+        """channels_last (NHWC convolutions, auto = on GPU) and torch.compile of the segmentor
+        (in place, so state-dict keys do not change)."""
+        perf = self.cfg.get("perf", {})
+        setting = perf.get("channels_last", "auto")
         self.channels_last = self.device.type == "cuda" if setting == "auto" else bool(setting)
         if self.channels_last:
             self.model.to(memory_format=torch.channels_last)
+        if perf.get("compile", False) and not self._compiled:
+            self.model.compile()
+            self._compiled = True
 
     def on_fit_start(self) -> None:
         self._apply_perf()

@@ -10,5 +10,5 @@ class Supervised(SemiSegModule):
         labeled = batch["labeled"]
         logits = self.model(self.normalize(labeled["image"])).logits
         loss = self.criterion_l(logits, labeled["mask"])
-        self.log("train/loss", loss, prog_bar=True)
+        self.log("train/loss", loss)  # no prog_bar: that would sync with the GPU every step
         return loss
