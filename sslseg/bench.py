@@ -49,7 +49,8 @@ def synthetic_batch(streams, batch: int, crop: int, num_classes: int, device) ->
     gen = torch.Generator().manual_seed(0)
     img = lambda: torch.randint(0, 256, (batch, 3, crop, crop), dtype=torch.uint8, generator=gen).to(device)
     box = lambda: (torch.rand(batch, crop, crop, generator=gen) > 0.7).to(torch.uint8).to(device)
-    out = {"labeled": {"image": img(), "mask": torch.randint(0, num_classes, (batch, crop, crop), generator=gen).to(device)}}
+    mask = torch.randint(0, num_classes, (batch, crop, crop), generator=gen).to(device)
+    out = {"labeled": {"image": img(), "mask": mask}}
     for name in streams[1:]:
         out[name] = {"weak": img(), "strong1": img(), "strong2": img(), "box1": box(), "box2": box(),
                      "ignore": torch.zeros(batch, crop, crop, dtype=torch.long, device=device)}
@@ -164,7 +165,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--compile", action="store_true", help="torch.compile the segmentor")
     p.add_argument("--workers", type=int, default=2, help="data-pipeline workers to measure")
     p.add_argument("--whole-size", default=None, help="HxW for whole-image inference (default 512x512 / 96x96)")
-    p.add_argument("--sliding-size", default=None, help="HxW for sliding-window inference (default 1024x2048 / 192x384)")
+    p.add_argument("--sliding-size", default=None,
+                   help="HxW for sliding-window inference (default 1024x2048 / 192x384)")
     p.add_argument("--window", type=int, default=None, help="sliding window (default 801 GPU, 80 CPU)")
     p.add_argument("--out", default="bench", help="output folder for bench.json and bench.md")
     a = p.parse_args(argv)
@@ -240,7 +242,8 @@ def main(argv: list[str] | None = None) -> dict:
 def markdown(r: dict) -> str:
     lines = [f"{r['device']}, torch {r['torch']}, {r['backbone']} crop {r['crop']}, batch {r['batch']}+{r['batch']}, "
              f"{r['precision']}{', channels_last' if r['channels_last'] else ''}{', compiled' if r['compile'] else ''}",
-             "", "| method | step (ms) | × supervised | labeled+unlabeled pairs/s | GFLOP/step | TFLOP/s | peak mem (GiB) |",
+             "",
+             "| method | step (ms) | × supervised | labeled+unlabeled pairs/s | GFLOP/step | TFLOP/s | peak mem (GiB) |",
              "|---|---|---|---|---|---|---|"]
     for m in r["methods"]:
         mem = f"{m['peak_mem_gib']:.1f}" if m["peak_mem_gib"] is not None else "–"

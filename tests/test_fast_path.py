@@ -7,7 +7,8 @@ from sslseg.bench import StepRunner, synthetic_batch
 from sslseg.experiment import method_class
 from tests.conftest import compose_cfg
 
-# bf16 keeps 8 bits of mantissa (~0.4% per rounding); through a network the loss moves by ≤0.35% here (DAW), so 1% is the stated tolerance.
+# bf16 keeps 8 bits of mantissa (~0.4% per rounding); through the network the loss moves by
+# ≤0.35% here (DAW), so 1% is the stated tolerance.
 REL_TOL = 0.01
 
 

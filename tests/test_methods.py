@@ -1,5 +1,7 @@
 """Method-level checks on random data: forward passes per step, losses, gradients."""
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -81,7 +83,7 @@ def test_unimatch_threshold_comes_from_the_dataset():
     assert compose_cfg(["method=unimatch", "dataset=pascal"]).method.conf_thresh == 0.95
 
 
-EXPERIMENTS = sorted(p.stem for p in (__import__("pathlib").Path(__file__).parents[1] / "conf" / "experiment").glob("*.yaml"))
+EXPERIMENTS = sorted(p.stem for p in (Path(__file__).parents[1] / "conf" / "experiment").glob("*.yaml"))
 
 
 @pytest.mark.parametrize("name", EXPERIMENTS)
