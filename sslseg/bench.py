@@ -243,7 +243,7 @@ def markdown(r: dict) -> str:
     lines = [f"{r['device']}, torch {r['torch']}, {r['backbone']} crop {r['crop']}, batch {r['batch']}+{r['batch']}, "
              f"{r['precision']}{', channels_last' if r['channels_last'] else ''}{', compiled' if r['compile'] else ''}",
              "",
-             "| method | step (ms) | × supervised | labeled+unlabeled pairs/s | GFLOP/step | TFLOP/s | peak mem (GiB) |",
+             "| method | step (ms) | × supervised | pairs/s | GFLOP/step | TFLOP/s | peak mem (GiB) |",
              "|---|---|---|---|---|---|---|"]
     for m in r["methods"]:
         mem = f"{m['peak_mem_gib']:.1f}" if m["peak_mem_gib"] is not None else "–"
