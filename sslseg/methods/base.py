@@ -101,7 +101,7 @@ class SemiSegModule(pl.LightningModule):
         model = self.inference_model()
         eval_cfg = self.cfg.dataset.eval
         return predict(lambda x: model(x).logits, self.normalize(images), eval_cfg.mode, self.num_classes,
-                       int(eval_cfg.crop_size), float(eval_cfg.stride_ratio))
+                       int(eval_cfg.crop_size), float(eval_cfg.stride_ratio), int(eval_cfg.get("window_batch", 4)))
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         pred = self.predict_scores(batch["image"]).argmax(1)
