@@ -22,11 +22,11 @@ def _results(out: Path) -> list[dict]:
 
 
 def test_train_then_eval_reproduces_mIoU(data_dir, tmp_path):
-    run = run_cli("train.py", *_common(data_dir, tmp_path), *FAST)
+    run = run_cli("train.py", *_common(data_dir, tmp_path), *FAST)  # the default method: DAW (EMA evaluated)
     assert run.returncode == 0, run.stderr[-3000:]
     (results,) = _results(tmp_path)
     assert last_line(run.stdout) == f"val mIoU: {results['best_val_mIoU']:.2f}"
-    assert results["steps"] == 5 and results["method"] == "supervised" and results["dataset"] == "toy"
+    assert results["steps"] == 5 and results["method"] == "daw" and results["dataset"] == "toy"
     assert set(results["per_class_IoU"]) == {"background", "disk", "square", "triangle", "ring", "cross"}
     ckpt = Path(results["best_checkpoint"])
     assert ckpt.is_file()
@@ -43,9 +43,9 @@ def test_train_then_eval_reproduces_mIoU(data_dir, tmp_path):
 
 
 def test_resume_continues_the_step_count(data_dir, tmp_path):
-    first = run_cli("train.py", *_common(data_dir, tmp_path), *FAST, "hydra.run.dir=" + str(tmp_path / "run"))
+    first = run_cli("train.py", "method=supervised", *_common(data_dir, tmp_path), *FAST, "hydra.run.dir=" + str(tmp_path / "run"))
     assert first.returncode == 0, first.stderr[-3000:]
-    second = run_cli("train.py", *_common(data_dir, tmp_path), *FAST[:1], "trainer.max_steps=9", "data.num_workers=0",
+    second = run_cli("train.py", "method=supervised", *_common(data_dir, tmp_path), *FAST[:1], "trainer.max_steps=9", "data.num_workers=0",
                      "trainer.enable_progress_bar=false", "hydra.run.dir=" + str(tmp_path / "run"), "ckpt_path=last")
     assert second.returncode == 0, second.stderr[-3000:]
     (results,) = _results(tmp_path)
@@ -60,8 +60,9 @@ def test_multirun_writes_one_results_file_per_job(data_dir, tmp_path):
     assert len({r["run_dir"] for r in results}) == 2
 
 
-def test_ddp_on_two_cpu_processes(data_dir, tmp_path):
-    run = run_cli("train.py", "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2",
+@pytest.mark.parametrize("method", ["supervised", "fixmatch", "unimatch", "daw"])
+def test_ddp_on_two_cpu_processes(data_dir, tmp_path, method):
+    run = run_cli("train.py", f"method={method}", "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2",
                   *_common(data_dir, tmp_path), *FAST)
     assert run.returncode == 0, run.stderr[-3000:]
     (results,) = _results(tmp_path)  # one run dir, written by rank 0 only
@@ -81,8 +82,16 @@ def test_bad_inputs_end_with_one_line(data_dir, tmp_path):
     assert not list(tmp_path.rglob("results.json"))
 
 
+@pytest.mark.parametrize("method", ["fixmatch", "unimatch"])
+def test_each_method_runs_five_steps(data_dir, tmp_path, method):
+    run = run_cli("train.py", f"method={method}", "dataset=toy", *_common(data_dir, tmp_path), *FAST)
+    assert run.returncode == 0, run.stderr[-3000:]
+    (results,) = _results(tmp_path)
+    assert results["method"] == method and results["steps"] == 5
+
+
 def test_wandb_offline_run(data_dir, tmp_path):
-    run = run_cli("train.py", *_common(data_dir, tmp_path), *FAST[1:], "logger=wandb", env={"WANDB_MODE": "offline"})
+    run = run_cli("train.py", "method=supervised", *_common(data_dir, tmp_path), *FAST[1:], "logger=wandb", env={"WANDB_MODE": "offline"})
     assert run.returncode == 0, run.stderr[-3000:]
     assert list(tmp_path.rglob("offline-run-*")), "no offline W&B run directory"
     assert "wandb sync" in run.stdout + run.stderr

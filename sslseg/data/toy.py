@@ -29,7 +29,9 @@ NUM_VAL = 200
 LABELED_SPLITS = (16, 32, 64, 128)
 TEXTURE_MATCH = 0.8  # probability that an object wears its own class's texture
 CLUTTER_STROKES = 3  # at most this many 1-px background strokes
-VERSION = f"toy-v4 tex={TEXTURE_MATCH} size={IMAGE_SIZE} train={NUM_TRAIN} val={NUM_VAL} splits={LABELED_SPLITS}"
+CLASS_HUES = [0, 0, 72, 144, 216, 288]  # degrees, per foreground class (index 0 unused)
+HUE_NOISE = 40.0
+VERSION = f"toy-v5 hue={HUE_NOISE} tex={TEXTURE_MATCH} size={IMAGE_SIZE} train={NUM_TRAIN} val={NUM_VAL} splits={LABELED_SPLITS}"
 
 
 def _palette() -> list[int]:
@@ -82,12 +84,15 @@ def _texture(kind: int, u: np.ndarray, v: np.ndarray, rng: np.random.Generator) 
     return (np.sin(w * np.sqrt(u**2 + v**2)) > 0).astype(np.float32)
 
 
-def _contrasting_colours(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """Two random colours at least ~100 apart (per-object colour varies freely; texture stays visible)."""
-    while True:
-        a, b = rng.uniform(0, 255, 3), rng.uniform(0, 255, 3)
-        if np.linalg.norm(a - b) > 100:
-            return a, b
+def _class_colours(cls: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Two texture colours around the class's hue (±HUE_NOISE degrees, random saturation and value):
+    colour is a quick but unreliable cue, as in real images; shape and texture are the robust ones."""
+    colours = []
+    for value in (rng.uniform(150, 255), rng.uniform(20, 110)):
+        hue = (CLASS_HUES[cls] + rng.uniform(-HUE_NOISE, HUE_NOISE)) % 360
+        hsv = np.uint8([[[hue / 2, rng.uniform(90, 255), value]]])  # OpenCV: H in [0, 180)
+        colours.append(cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB)[0, 0].astype(np.float32))
+    return colours[0], colours[1]
 
 
 def render(index: int, seed: int = 0, size: int = IMAGE_SIZE) -> tuple[np.ndarray, np.ndarray]:
@@ -97,6 +102,7 @@ def render(index: int, seed: int = 0, size: int = IMAGE_SIZE) -> tuple[np.ndarra
 
     # Background: a random colour gradient, low-frequency blotches and clutter strokes (label 0).
     c0, c1 = rng.uniform(0, 255, 3), rng.uniform(0, 255, 3)
+    c0, c1 = (c0 + c0.mean()) / 2, (c1 + c1.mean()) / 2  # half-desaturated: objects carry the colour
     t = (np.cos(rng.uniform(0, np.pi)) * xx + np.sin(rng.uniform(0, np.pi)) * yy) / size
     image = c0 + (c1 - c0) * t[..., None]
     image = image + cv2.resize(rng.uniform(-30, 30, (4, 4, 3)).astype(np.float32), (size, size))
@@ -116,7 +122,7 @@ def render(index: int, seed: int = 0, size: int = IMAGE_SIZE) -> tuple[np.ndarra
         inside = _shape_mask(cls, u, v, r)
         kind = cls if rng.random() < TEXTURE_MATCH else int(rng.integers(1, 6))
         pattern = _texture(kind, u, v, rng)[..., None]
-        fg, bg = _contrasting_colours(rng)
+        fg, bg = _class_colours(cls, rng)
         image[inside] = (bg + (fg - bg) * pattern)[inside]
         label[inside] = cls
 
