@@ -73,9 +73,26 @@ def test_daw_updates_its_statistics_and_keeps_an_ema_model():
     module.train()
     module.training_step(batch, 0)
     assert float(module.jump.mu_pos) != pytest.approx(1 / K) or float(module.jump.mu_neg) != pytest.approx(1 / K)
-    assert module.inference_model() is module.ema
+    assert module.evaluated_networks() == ("model", "ema") and set(module.val_confusion) == {"model", "ema"}
     state = module.state_dict()
     assert "jump.tau" in state and "align.labeled" in state and any(k.startswith("ema.model.") for k in state)
+
+
+def test_validation_reports_the_better_of_online_and_ema():
+    module, _ = _module("daw")
+    module.eval()
+    gen = torch.Generator().manual_seed(0)
+    batch = {"image": torch.randint(0, 256, (2, 3, CROP, CROP), dtype=torch.uint8, generator=gen),
+             "mask": torch.randint(0, K, (2, CROP, CROP), generator=gen)}
+    with torch.no_grad():
+        module.ema.model.decoder.classifier.bias.add_(torch.arange(K) * 100.0)  # EMA: always the last class
+    module.validation_step(batch, 0)
+    from sslseg.metrics import iou_from_confusion
+
+    scores = {n: float(iou_from_confusion(c.compute())[1]) for n, c in module.val_confusion.items()}
+    module.on_validation_epoch_end()
+    assert module.last_val["network"] == max(scores, key=scores.get)
+    assert module.inference_model() is module.network(module.last_val["network"])
 
 
 def test_unimatch_threshold_comes_from_the_dataset():

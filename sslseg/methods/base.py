@@ -44,10 +44,13 @@ class SemiSegModule(pl.LightningModule):
         self.criterion_l = build_criterion(self.cfg.dataset.criterion)
         self.register_buffer("pixel_mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1) * 255, persistent=False)
         self.register_buffer("pixel_std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1) * 255, persistent=False)
-        self.val_confusion = confusion_matrix_metric(self.num_classes)
+        # One confusion matrix per evaluated network (DAW evaluates its online and EMA networks).
+        self.val_confusion = nn.ModuleDict({name: confusion_matrix_metric(self.num_classes)
+                                            for name in self.evaluated_networks()})
         self.channels_last = False  # decided once the device is known (_apply_perf)
         self._compiled = False
         self.last_val: dict | None = None
+        self.best_network = self.evaluated_networks()[0]
         self._val_examples: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
 
     # -- helpers used by the methods -----------------------------------------------------------
@@ -56,9 +59,16 @@ class SemiSegModule(pl.LightningModule):
         x = (images.float() - self.pixel_mean) / self.pixel_std
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 
+    def evaluated_networks(self) -> tuple[str, ...]:
+        """Names of the networks validated every epoch; val/mIoU is the best of them."""
+        return ("model",)
+
+    def network(self, name: str) -> nn.Module:
+        return getattr(self, name)
+
     def inference_model(self) -> nn.Module:
-        """The network evaluated and exported (an EMA copy for methods that keep one)."""
-        return self.model
+        """The network used for prediction: the one that scored best at the last validation."""
+        return self.network(self.best_network)
 
     def _apply_perf(self) -> None:
         """channels_last (NHWC convolutions, auto = on GPU) and torch.compile of the segmentor
@@ -96,25 +106,33 @@ class SemiSegModule(pl.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
 
     # -- validation ------------------------------------------------------------------------------
-    def predict_scores(self, images: torch.Tensor) -> torch.Tensor:
+    def predict_scores(self, images: torch.Tensor, network: str | None = None) -> torch.Tensor:
         """Class scores (B, K, H, W) for uint8 images, with the dataset's evaluation protocol."""
-        model = self.inference_model()
+        model = self.network(network) if network else self.inference_model()
         eval_cfg = self.cfg.dataset.eval
         return predict(lambda x: model(x).logits, self.normalize(images), eval_cfg.mode, self.num_classes,
                        int(eval_cfg.crop_size), float(eval_cfg.stride_ratio), int(eval_cfg.get("window_batch", 4)))
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
-        pred = self.predict_scores(batch["image"]).argmax(1)
-        self.val_confusion.update(pred, batch["mask"])
+        for name, confusion in self.val_confusion.items():
+            pred = self.predict_scores(batch["image"], name).argmax(1)
+            confusion.update(pred, batch["mask"])
         self._keep_examples(batch, pred)
 
     test_step = validation_step
 
     def on_validation_epoch_end(self) -> None:
-        iou, miou = iou_from_confusion(self.val_confusion.compute())  # summed over ranks
-        self.val_confusion.reset()
-        self.last_val = {"mIoU": float(miou), "per_class_IoU": dict(zip(self.class_names, iou.tolist()))}
+        scores = {}
+        for name, confusion in self.val_confusion.items():
+            scores[name] = iou_from_confusion(confusion.compute())  # summed over ranks
+            confusion.reset()
+        self.best_network = max(scores, key=lambda n: float(scores[n][1]))
+        iou, miou = scores[self.best_network]
+        self.last_val = {"mIoU": float(miou), "per_class_IoU": dict(zip(self.class_names, iou.tolist())),
+                         "network": self.best_network}
         self.log("val/mIoU", miou.float(), prog_bar=True)
+        if len(scores) > 1:
+            self.log_dict({f"val/mIoU_{name}": m.float() for name, (_, m) in scores.items()})
         self.log_dict({f"val/IoU/{name}": v.float() for name, v in zip(self.class_names, iou) if not v.isnan()})
         self._log_media(iou)
 

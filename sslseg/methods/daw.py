@@ -7,8 +7,9 @@ UniMatch's step, with three changes:
   b. Unlabeled probabilities are distribution-aligned per class: P ⊙ (labeled mean confidence of
      class c / unlabeled mean confidence of class c), renormalised; pseudo-labels and confidences
      come from the aligned probabilities.
-  c. An EMA copy of the network (decay 0.999) is evaluated and exported; pseudo-labels come from
-     the online network.
+  c. An EMA copy of the network (decay 0.999) is kept; pseudo-labels come from the online network.
+     Both are validated every epoch and the better one counts (the released code writes either to
+     the same best.pth when it improves); method.evaluate=ema|online picks one.
 
 Differences from the released code:
   * It crashes as released (the labeled loader lacks `label_ignore_mask`); the labeled mask itself
@@ -139,8 +140,9 @@ class DAW(UniMatch):
         self.align = DistributionAlignment(self.num_classes, m.stats_momentum)
         self.ema = ModelEMA(self.model, m.ema_decay)
 
-    def inference_model(self) -> nn.Module:
-        return self.ema if self.cfg.method.evaluate == "ema" else self.model
+    def evaluated_networks(self) -> tuple[str, ...]:
+        # The released daw.py validates both and writes whichever improves to the same best.pth.
+        return {"both": ("model", "ema"), "ema": ("ema",), "online": ("model",)}[self.cfg.method.evaluate]
 
     def threshold(self) -> torch.Tensor:
         return self.jump.tau
