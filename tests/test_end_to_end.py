@@ -43,10 +43,11 @@ def test_train_then_eval_reproduces_mIoU(data_dir, tmp_path):
 
 
 def test_resume_continues_the_step_count(data_dir, tmp_path):
-    first = run_cli("train.py", "method=supervised", *_common(data_dir, tmp_path), *FAST, "hydra.run.dir=" + str(tmp_path / "run"))
+    run_dir = "hydra.run.dir=" + str(tmp_path / "run")
+    first = run_cli("train.py", "method=supervised", *_common(data_dir, tmp_path), *FAST, run_dir)
     assert first.returncode == 0, first.stderr[-3000:]
-    second = run_cli("train.py", "method=supervised", *_common(data_dir, tmp_path), *FAST[:1], "trainer.max_steps=9", "data.num_workers=0",
-                     "trainer.enable_progress_bar=false", "hydra.run.dir=" + str(tmp_path / "run"), "ckpt_path=last")
+    second = run_cli("train.py", "method=supervised", *_common(data_dir, tmp_path), *FAST[:1], "trainer.max_steps=9",
+                     "data.num_workers=0", "trainer.enable_progress_bar=false", run_dir, "ckpt_path=last")
     assert second.returncode == 0, second.stderr[-3000:]
     (results,) = _results(tmp_path)
     assert results["steps"] == 9
@@ -91,7 +92,8 @@ def test_each_method_runs_five_steps(data_dir, tmp_path, method):
 
 
 def test_wandb_offline_run(data_dir, tmp_path):
-    run = run_cli("train.py", "method=supervised", *_common(data_dir, tmp_path), *FAST[1:], "logger=wandb", env={"WANDB_MODE": "offline"})
+    run = run_cli("train.py", "method=supervised", *_common(data_dir, tmp_path), *FAST[1:], "logger=wandb",
+                  env={"WANDB_MODE": "offline"})
     assert run.returncode == 0, run.stderr[-3000:]
     assert list(tmp_path.rglob("offline-run-*")), "no offline W&B run directory"
     assert "wandb sync" in run.stdout + run.stderr

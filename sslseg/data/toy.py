@@ -31,7 +31,8 @@ TEXTURE_MATCH = 0.8  # probability that an object wears its own class's texture
 CLUTTER_STROKES = 3  # at most this many 1-px background strokes
 CLASS_HUES = [0, 0, 72, 144, 216, 288]  # degrees, per foreground class (index 0 unused)
 HUE_NOISE = 40.0
-VERSION = f"toy-v5 hue={HUE_NOISE} tex={TEXTURE_MATCH} size={IMAGE_SIZE} train={NUM_TRAIN} val={NUM_VAL} splits={LABELED_SPLITS}"
+VERSION = (f"toy-v5 hue={HUE_NOISE} tex={TEXTURE_MATCH} size={IMAGE_SIZE} train={NUM_TRAIN} val={NUM_VAL} "
+           f"splits={LABELED_SPLITS}")
 
 
 def _palette() -> list[int]:
