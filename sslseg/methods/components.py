@@ -59,13 +59,20 @@ class ModelEMA(nn.Module):
     @torch.no_grad()
     def update(self, model: nn.Module, index: int) -> None:
         decay = min(1.0 - 1.0 / (index + 1), self.max_decay)
-        ema_state = self.model.state_dict()
+        shadow, online = [], []
         for name, value in model.state_dict().items():
-            shadow = ema_state[name]
-            if shadow.dtype.is_floating_point:
-                shadow.mul_(decay).add_(value.detach(), alpha=1.0 - decay)
+            target = self._state[name]
+            if target.dtype.is_floating_point:
+                shadow.append(target)
+                online.append(value.detach())
             else:  # num_batches_tracked: integer bookkeeping, follow the online model
-                shadow.copy_(value)
+                target.copy_(value)
+        # shadow ← decay·shadow + (1 − decay)·online, one fused kernel per device and dtype.
+        torch._foreach_lerp_(shadow, online, 1.0 - decay)
+
+    @property
+    def _state(self) -> dict[str, torch.Tensor]:
+        return self.model.state_dict(keep_vars=True)
 
     def forward(self, *args, **kwargs):
         return self.model(*args, **kwargs)
