@@ -7,7 +7,7 @@ against what the step consumes, and inference throughput for whole images and sl
 Methods are also given relative to the supervised step, which stays meaningful on a noisy machine.
 Writes <out>/bench.json and <out>/bench.md and prints the table.
 
-    python -m sslseg.bench                                   # CPU-sized defaults (tiny, crop 80, batch 8)
+    python -m sslseg.bench                                   # CPU-sized defaults (tiny, crop 64, batch 8)
     python -m sslseg.bench --backbone resnet101 --crop 321 --batch 8 --methods unimatch,daw \\
         --sliding-size 1024x2048 --window 801                # the GPU setting of the README
 """
@@ -157,7 +157,7 @@ def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description="sslseg benchmark")
     p.add_argument("--methods", default="supervised,fixmatch,unimatch,daw")
     p.add_argument("--backbone", default=None, help="default: resnet101 on GPU, tiny on CPU")
-    p.add_argument("--crop", type=int, default=None, help="default: 321 on GPU, 80 on CPU")
+    p.add_argument("--crop", type=int, default=None, help="default: 321 on GPU, 64 (the toy's) on CPU")
     p.add_argument("--batch", type=int, default=8, help="labeled = unlabeled batch")
     p.add_argument("--steps", type=int, default=None, help="timed steps (default 20 GPU, 5 CPU)")
     p.add_argument("--warmup", type=int, default=None, help="warm-up steps (default 10 GPU, 2 CPU)")
@@ -167,7 +167,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--whole-size", default=None, help="HxW for whole-image inference (default 512x512 / 96x96)")
     p.add_argument("--sliding-size", default=None,
                    help="HxW for sliding-window inference (default 1024x2048 / 192x384)")
-    p.add_argument("--window", type=int, default=None, help="sliding window (default 801 GPU, 80 CPU)")
+    p.add_argument("--window", type=int, default=None, help="sliding window (default 801 GPU, 64 CPU)")
     p.add_argument("--out", default="bench", help="output folder for bench.json and bench.md")
     a = p.parse_args(argv)
     warnings.filterwarnings("ignore", message=".*self.log.*")  # no Trainer here: logging is a no-op
@@ -175,7 +175,7 @@ def main(argv: list[str] | None = None) -> dict:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     gpu = device.type == "cuda"
     backbone = a.backbone or ("resnet101" if gpu else "tiny")
-    crop = a.crop or (321 if gpu else 80)
+    crop = a.crop or (321 if gpu else 64)
     steps, warmup = a.steps or (20 if gpu else 5), a.warmup if a.warmup is not None else (10 if gpu else 2)
     fast = a.fast == "on"
     bf16 = fast and (gpu or os.environ.get("SSLSEG_BENCH_CPU_BF16") == "1")
@@ -186,7 +186,7 @@ def main(argv: list[str] | None = None) -> dict:
     parse = lambda s, d: tuple(int(v) for v in (s or d).split("x"))
     whole = parse(a.whole_size, "512x512" if gpu else "96x96")
     sliding = parse(a.sliding_size, "1024x2048" if gpu else "192x384")
-    window = a.window or (801 if gpu else 80)
+    window = a.window or (801 if gpu else 64)
 
     overrides = [f"backbone={backbone}", "backbone.pretrained=null", f"dataset.crop_size={crop}"]
     if backbone != "tiny":
@@ -214,7 +214,7 @@ def main(argv: list[str] | None = None) -> dict:
         r["x_supervised"] = r["step_ms"] / base
 
     root = ensure_toy_dataset(Path(os.environ.get("SSLSEG_ROOT", ".")) / "data" / "toy")
-    pipe = pipeline_throughput(root, 80, a.workers, a.batch)
+    pipe = pipeline_throughput(root, crop, a.workers, a.batch)
     inference = {
         "whole_images_per_s": inference_throughput(module, device, whole, "whole", window, bf16, 5 if gpu else 3),
         "sliding_images_per_s": inference_throughput(module, device, sliding, "sliding", window, bf16, 3 if gpu else 2),
@@ -226,7 +226,7 @@ def main(argv: list[str] | None = None) -> dict:
         "torch": torch.__version__, "backbone": backbone, "crop": crop, "batch": a.batch,
         "precision": "bf16-mixed" if bf16 else "32-true", "channels_last": channels_last, "compile": a.compile,
         "steps": steps, "warmup": warmup, "methods": rows,
-        "pipeline": {"workers": a.workers, "crop": 80, "unlabeled_samples_per_s": pipe,
+        "pipeline": {"workers": a.workers, "crop": crop, "unlabeled_samples_per_s": pipe,
                      "per_worker": pipe / max(a.workers, 1), "max_step_consumption_per_s": toy_need},
         "inference": inference | {"whole_size": whole, "sliding_size": sliding, "window": window},
     }
