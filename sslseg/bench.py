@@ -25,24 +25,15 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import torch
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
 from torch.utils.data import DataLoader
 from torch.utils.flop_counter import FlopCounterMode
 
+from sslseg.cli import compose_config
 from sslseg.data.datasets import UnlabeledDataset, seed_worker
 from sslseg.data.splits import read_split_file
 from sslseg.data.toy import ensure_toy_dataset
 from sslseg.experiment import method_class
 from sslseg.inference import predict
-
-CONF = Path(__file__).resolve().parents[1] / "conf"
-
-
-def compose_cfg(overrides: list[str]):
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        return compose(config_name="train", overrides=overrides)
 
 
 def synthetic_batch(streams, batch: int, crop: int, num_classes: int, device) -> dict:
@@ -64,11 +55,8 @@ class StepRunner:
     def __init__(self, module, batch: dict, device: torch.device, bf16: bool, channels_last: bool,
                  compile_model: bool = False):
         self.module, self.batch, self.device, self.bf16 = module.to(device), batch, device, bf16
-        module.channels_last = channels_last
-        if channels_last:
-            module.model.to(memory_format=torch.channels_last)
-        if compile_model:
-            module.model.compile()
+        module.cfg.perf = {"channels_last": channels_last, "compile": compile_model}
+        module._apply_perf()  # the module's own fast-path switches, as in training
         module._trainer = SimpleNamespace(estimated_stepping_batches=10_000)
         conf = module.configure_optimizers()
         module._trainer = None
@@ -193,7 +181,7 @@ def main(argv: list[str] | None = None) -> dict:
         overrides.append("model=deeplabv3plus")
     rows, module = [], None
     for name in a.methods.split(","):
-        cfg = compose_cfg([f"method={name}", *overrides])
+        cfg = compose_config([f"method={name}", *overrides])
         cls = method_class(cfg)
         module = cls(cfg, load_pretrained=False)
         batch = synthetic_batch(cls.data_streams(cfg.method), a.batch, crop, module.num_classes, device)

@@ -3,6 +3,12 @@
 from __future__ import annotations
 
 import re
+from pathlib import Path
+
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+
+CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 
 _SPLIT_ARG = re.compile(r"^(\+{0,2}split)=(.+)$")
 
@@ -19,3 +25,10 @@ def quote_split_overrides(args: list[str]) -> list[str]:
             arg = f"{key}=" + ",".join(f"'{v}'" for v in values.split(","))
         out.append(arg)
     return out
+
+
+def compose_config(overrides: list[str], config_name: str = "train"):
+    """The project's config composed outside `@hydra.main` (benchmark, tests), split quoting included."""
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return compose(config_name=config_name, overrides=quote_split_overrides(overrides))

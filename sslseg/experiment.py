@@ -59,8 +59,7 @@ def _is_launcher_rank() -> bool:
 
 def check_launch(cfg: DictConfig) -> None:
     strategy, devices = str(cfg.trainer.strategy), cfg.trainer.devices
-    multi_device = devices == -1 or (isinstance(devices, int) and devices > 1) or not isinstance(devices, int)
-    if HydraConfig.get().mode == RunMode.MULTIRUN and strategy.startswith("ddp") and multi_device:
+    if HydraConfig.get().mode == RunMode.MULTIRUN and strategy.startswith("ddp") and devices != 1:
         raise UserError("trainer=ddp cannot run under Hydra -m (Lightning relaunches argv per rank); "
                         "loop over single runs instead")
 

@@ -8,10 +8,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
 
-from sslseg.cli import quote_split_overrides
+from sslseg.cli import compose_config
 from sslseg.data.toy import ensure_toy_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -30,12 +28,7 @@ def data_dir(tmp_path_factory) -> Path:
     return data
 
 
-def compose_cfg(overrides: list[str], config_name: str = "train"):
-    """The real config, composed as the CLI would (split quoting included)."""
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        return compose(config_name=config_name, overrides=quote_split_overrides(overrides),
-                       return_hydra_config=False)
+compose_cfg = compose_config  # the real config, composed as the CLI would (split quoting included)
 
 
 def run_cli(script: str, *args: str, timeout: int = 600, env: dict | None = None) -> subprocess.CompletedProcess:

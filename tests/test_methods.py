@@ -5,28 +5,17 @@ from pathlib import Path
 import pytest
 import torch
 
+from sslseg.bench import synthetic_batch
 from sslseg.experiment import method_class
 from tests.conftest import compose_cfg
 
 B, CROP, K = 2, 32, 6
 
 
-def _batch(streams):
-    gen = torch.Generator().manual_seed(0)
-    img = lambda: torch.randint(0, 256, (B, 3, CROP, CROP), dtype=torch.uint8, generator=gen)
-    box = lambda: (torch.rand(B, CROP, CROP, generator=gen) > 0.5).to(torch.uint8)
-    unlabeled = lambda: {"weak": img(), "strong1": img(), "strong2": img(), "box1": box(), "box2": box(),
-                         "ignore": torch.zeros(B, CROP, CROP, dtype=torch.long)}
-    batch = {"labeled": {"image": img(), "mask": torch.randint(0, K, (B, CROP, CROP), generator=gen)}}
-    for name in streams[1:]:
-        batch[name] = unlabeled()
-    return batch
-
-
 def _module(method: str, *overrides: str):
     cfg = compose_cfg([f"method={method}", *overrides])
     module = method_class(cfg)(cfg)
-    return module, _batch(module.data_streams(cfg.method))
+    return module, synthetic_batch(module.data_streams(cfg.method), B, CROP, K, torch.device("cpu"))
 
 
 def _count_passes(module, batch) -> tuple[int, int, torch.Tensor]:

@@ -17,6 +17,7 @@ from pathlib import Path
 import lightning.pytorch as pl
 import numpy as np
 import torch
+from lightning.pytorch.accelerators import CUDAAccelerator
 from lightning.pytorch.utilities.combined_loader import CombinedLoader
 from omegaconf import DictConfig
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
@@ -123,7 +124,7 @@ class SemiSegDataModule(pl.LightningDataModule):
         workers = int(self.data_cfg.num_workers)
         pin = self.data_cfg.pin_memory
         if pin == "auto":
-            pin = bool(self.trainer is not None and self.trainer.accelerator.__class__.__name__ == "CUDAAccelerator")
+            pin = self.trainer is not None and isinstance(self.trainer.accelerator, CUDAAccelerator)
         return dict(num_workers=workers, pin_memory=bool(pin), worker_init_fn=seed_worker,
                     persistent_workers=bool(self.data_cfg.persistent_workers) and workers > 0,
                     prefetch_factor=4 if workers > 0 else None)

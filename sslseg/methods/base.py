@@ -1,6 +1,6 @@
 """SemiSegModule: optimisation, schedule, validation, metrics and logging shared by all methods.
 
-A method subclasses it, names the data streams it consumes (`streams`) and writes
+A method subclasses it, names the data streams it consumes (`data_streams`) and writes
 `training_step` as its algorithm box. Images arrive as uint8; `normalize` turns them into
 ImageNet-normalised float tensors on the device (channels_last when enabled).
 """
@@ -51,7 +51,7 @@ class SemiSegModule(pl.LightningModule):
         self._compiled = False
         self.last_val: dict | None = None
         self.best_network = self.evaluated_networks()[0]
-        self._val_examples: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+        self._val_examples: list[tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]] = []
 
     # -- helpers used by the methods -----------------------------------------------------------
     def normalize(self, images: torch.Tensor) -> torch.Tensor:
@@ -76,11 +76,13 @@ class SemiSegModule(pl.LightningModule):
         perf = self.cfg.get("perf", {})
         setting = perf.get("channels_last", "auto")
         self.channels_last = self.device.type == "cuda" if setting == "auto" else bool(setting)
-        if self.channels_last:
-            self.model.to(memory_format=torch.channels_last)
-        if perf.get("compile", False) and not self._compiled:
-            self.model.compile()
-            self._compiled = True
+        networks = [self.network(n) for n in dict.fromkeys(("model", *self.evaluated_networks()))]
+        for net in networks:
+            if self.channels_last:
+                net.to(memory_format=torch.channels_last)
+            if perf.get("compile", False) and not self._compiled:
+                net.compile()
+        self._compiled = self._compiled or bool(perf.get("compile", False))
 
     def on_fit_start(self) -> None:
         self._apply_perf()
@@ -106,18 +108,23 @@ class SemiSegModule(pl.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
 
     # -- validation ------------------------------------------------------------------------------
-    def predict_scores(self, images: torch.Tensor, network: str | None = None) -> torch.Tensor:
-        """Class scores (B, K, H, W) for uint8 images, with the dataset's evaluation protocol."""
-        model = self.network(network) if network else self.inference_model()
+    def _scores(self, model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        """Class scores (B, K, H, W) of a normalised batch, with the dataset's evaluation protocol."""
         eval_cfg = self.cfg.dataset.eval
-        return predict(lambda x: model(x).logits, self.normalize(images), eval_cfg.mode, self.num_classes,
-                       int(eval_cfg.crop_size), float(eval_cfg.stride_ratio), int(eval_cfg.get("window_batch", 4)))
+        return predict(lambda t: model(t).logits, x, eval_cfg.mode, self.num_classes, int(eval_cfg.crop_size),
+                       float(eval_cfg.stride_ratio), int(eval_cfg.get("window_batch", 4)))
+
+    def predict_scores(self, images: torch.Tensor) -> torch.Tensor:
+        """Class scores for uint8 images from the inference network."""
+        return self._scores(self.inference_model(), self.normalize(images))
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
+        x = self.normalize(batch["image"])  # once, whatever the number of evaluated networks
+        preds = {}
         for name, confusion in self.val_confusion.items():
-            pred = self.predict_scores(batch["image"], name).argmax(1)
-            confusion.update(pred, batch["mask"])
-        self._keep_examples(batch, pred)
+            preds[name] = self._scores(self.network(name), x).argmax(1)
+            confusion.update(preds[name], batch["mask"])
+        self._keep_examples(batch, preds)
 
     test_step = validation_step
 
@@ -143,14 +150,14 @@ class SemiSegModule(pl.LightningModule):
         logger = self.logger
         return logger if isinstance(logger, WandbLogger) and self.trainer.is_global_zero else None
 
-    def _keep_examples(self, batch: dict, pred: torch.Tensor) -> None:
+    def _keep_examples(self, batch: dict, preds: dict[str, torch.Tensor]) -> None:
+        """Keep the first val images with every network's prediction; the reported one is logged."""
         wanted = int(self.cfg.get("callbacks", {}).get("val_images", 0))
         if self._wandb() is None or len(self._val_examples) >= wanted:
             return
-        for image, mask, p in zip(batch["image"], batch["mask"], pred):
-            if len(self._val_examples) < wanted:
-                self._val_examples.append((image.permute(1, 2, 0).cpu().numpy(), mask.cpu().numpy(),
-                                           p.cpu().numpy()))
+        for i in range(min(wanted - len(self._val_examples), batch["image"].shape[0])):
+            self._val_examples.append((batch["image"][i].permute(1, 2, 0).cpu().numpy(), batch["mask"][i].cpu().numpy(),
+                                       {name: p[i].cpu().numpy() for name, p in preds.items()}))
 
     def _log_media(self, iou: torch.Tensor) -> None:
         wandb_logger = self._wandb()
@@ -163,7 +170,7 @@ class SemiSegModule(pl.LightningModule):
             labels = dict(enumerate(self.class_names)) | {IGNORE_INDEX: "ignore"}
             wandb_logger.log_image(
                 "val/predictions", images=[img for img, _, _ in self._val_examples], step=step,
-                masks=[{"prediction": {"mask_data": p.astype(np.uint8), "class_labels": labels},
+                masks=[{"prediction": {"mask_data": p[self.best_network].astype(np.uint8), "class_labels": labels},
                         "ground_truth": {"mask_data": m.astype(np.uint8), "class_labels": labels}}
                        for _, m, p in self._val_examples],
             )

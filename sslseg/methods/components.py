@@ -60,8 +60,9 @@ class ModelEMA(nn.Module):
     def update(self, model: nn.Module, index: int) -> None:
         decay = min(1.0 - 1.0 / (index + 1), self.max_decay)
         shadow, online = [], []
+        ema_state = self.model.state_dict(keep_vars=True)
         for name, value in model.state_dict().items():
-            target = self._state[name]
+            target = ema_state[name]
             if target.dtype.is_floating_point:
                 shadow.append(target)
                 online.append(value.detach())
@@ -69,10 +70,6 @@ class ModelEMA(nn.Module):
                 target.copy_(value)
         # shadow ← decay·shadow + (1 − decay)·online, one fused kernel per device and dtype.
         torch._foreach_lerp_(shadow, online, 1.0 - decay)
-
-    @property
-    def _state(self) -> dict[str, torch.Tensor]:
-        return self.model.state_dict(keep_vars=True)
 
     def forward(self, *args, **kwargs):
         return self.model(*args, **kwargs)

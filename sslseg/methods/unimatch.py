@@ -24,10 +24,6 @@ class UniMatch(WeakToStrong):
     def threshold(self) -> float | torch.Tensor:
         return float(self.cfg.method.conf_thresh)
 
-    def pseudo_probs(self, probs: torch.Tensor) -> torch.Tensor:
-        """Hook for methods that reshape the pseudo-label distribution (DAW's alignment)."""
-        return probs
-
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         x, y = batch["labeled"]["image"], batch["labeled"]["mask"]
         u = batch["unlabeled"]
