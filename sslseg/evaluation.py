@@ -16,7 +16,7 @@ from PIL import Image
 from sslseg.data.io import read_image
 from sslseg.data.toy import PALETTE
 from sslseg.errors import UserError
-from sslseg.experiment import build_datamodule, method_class, quiet_duplicate_logs, trainer_kwargs
+from sslseg.experiment import build_datamodule, claim_run_dir, method_class, quiet_duplicate_logs, trainer_kwargs
 from sslseg.methods.base import SemiSegModule
 from sslseg.results import format_iou_table, write_results
 
@@ -65,6 +65,7 @@ def predict_folder(module: SemiSegModule, input_dir: Path, out_dir: Path) -> int
 def evaluate(cfg: DictConfig) -> dict:
     start = time.time()
     run_dir = Path(HydraConfig.get().runtime.output_dir)
+    claim_run_dir(run_dir)
     quiet_duplicate_logs()
     module = load_module(cfg.ckpt_path, cfg)
     datamodule = build_datamodule(cfg, streams=(), split=None)

@@ -57,6 +57,26 @@ def _is_launcher_rank() -> bool:
     return int(os.environ.get("LOCAL_RANK", 0)) == 0 and int(os.environ.get("NODE_RANK", 0)) == 0
 
 
+_RUN_DIR_LOCKS: list = []  # open lock files, held until the process exits
+
+
+def claim_run_dir(run_dir: Path) -> None:
+    """Hold an exclusive lock on the run directory for the life of this process, so that two runs
+    resolved to the same directory (same method/dataset/split/seed started in the same second)
+    cannot overwrite each other's checkpoints and logs. The OS drops the lock when the process ends."""
+    import fcntl
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    handle = open(run_dir / ".lock", "w")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        raise UserError(f"run directory {run_dir} is in use by another run; wait a second or set "
+                        "hydra.run.dir=<another folder>") from None
+    _RUN_DIR_LOCKS.append(handle)
+
+
 def check_launch(cfg: DictConfig) -> None:
     strategy, devices = str(cfg.trainer.strategy), cfg.trainer.devices
     if HydraConfig.get().mode == RunMode.MULTIRUN and strategy.startswith("ddp") and devices != 1:
@@ -85,6 +105,8 @@ def train(cfg: DictConfig) -> dict | None:
     start = time.time()
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     check_launch(cfg)
+    if _is_launcher_rank():  # DDP children share their launcher's directory
+        claim_run_dir(run_dir)
     quiet_duplicate_logs()
     pl.seed_everything(int(cfg.seed), workers=True, verbose=False)
     torch.set_float32_matmul_precision(cfg.perf.matmul_precision)

@@ -1,4 +1,5 @@
 import pytest
+from omegaconf import OmegaConf
 
 from sslseg.cli import quote_split_overrides
 from sslseg.data.splits import Sample, read_split_file, split_files, write_split_file
@@ -56,6 +57,16 @@ def test_dataset_configs_carry_published_defaults(dataset, crop, classes, lr, mu
         crop, classes, lr, mult, epochs, thresh)
     assert len(d.class_names) == classes and d.batch_size == 2
     assert cfg.optim.lr == lr and cfg.trainer.max_epochs == epochs
+    # UniMatch's strong view on every real dataset.
+    assert OmegaConf.to_container(cfg.data.strong_aug) == {
+        "jitter_p": 0.8, "brightness": 0.5, "contrast": 0.5, "saturation": 0.5, "hue": 0.25,
+        "grayscale_p": 0.2, "blur_p": 0.5, "blur_sigma": [0.1, 2.0]}
+
+
+def test_toy_strong_view_keeps_the_hue_class_cue():
+    aug = compose_cfg(["dataset=toy"]).data.strong_aug
+    assert (aug.hue, aug.grayscale_p, list(aug.blur_sigma)) == (0.0, 0.0, [0.1, 2.0])
+    assert (aug.brightness, aug.contrast, aug.saturation, aug.jitter_p, aug.blur_p) == (0.5, 0.5, 0.5, 0.8, 0.5)
 
 
 def test_backbone_override_wins_over_dataset_choice():

@@ -71,6 +71,17 @@ def test_same_seed_same_augmentation_other_seed_differs(tmp_path):
     assert any((a[k] != c[k]).any() for k in a)
 
 
+def test_strong_view_follows_its_settings(tmp_path):
+    sample = Sample(_write_pair(tmp_path, 64, 96).image, None)
+    off = dict(jitter_p=0.0, grayscale_p=0.0, blur_p=0.0)
+    out = UnlabeledDataset(tmp_path, [sample], crop_size=48, seed=2, strong_aug=off)[0]
+    assert (out["strong1"] == out["weak"]).all() and (out["strong2"] == out["weak"]).all()
+    gray = UnlabeledDataset(tmp_path, [sample], crop_size=48, seed=2, strong_aug=off | {"grayscale_p": 1.0})[0]
+    strong = gray["strong1"].int()
+    assert (strong[0] == strong[1]).all() and (strong[1] == strong[2]).all()
+    assert (gray["weak"][0] != gray["weak"][2]).any()  # the input had colour
+
+
 @pytest.mark.parametrize("seed", range(20))
 def test_cutmix_box_area_and_bounds(seed):
     rng = np.random.default_rng(seed)

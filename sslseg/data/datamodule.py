@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from lightning.pytorch.accelerators import CUDAAccelerator
 from lightning.pytorch.utilities.combined_loader import CombinedLoader
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from sslseg.data.datasets import EvalDataset, LabeledDataset, UnlabeledDataset, seed_worker
@@ -113,11 +113,13 @@ class SemiSegDataModule(pl.LightningDataModule):
             raise UserError(f"{files.unlabeled} has {epoch_length} images, fewer than data.batch_size")
         self.train_sets["labeled"] = LabeledDataset(self.root, labeled, num_classes, crop, scales,
                                                     length=epoch_length, seed=self.seed)
+        strong_aug = OmegaConf.to_container(self.data_cfg.strong_aug)
         if "unlabeled" in self.streams or "mix" in self.streams:
-            self.train_sets["unlabeled"] = UnlabeledDataset(self.root, unlabeled, crop, scales, seed=self.seed + 1)
+            self.train_sets["unlabeled"] = UnlabeledDataset(self.root, unlabeled, crop, scales, seed=self.seed + 1,
+                                                            strong_aug=strong_aug)
         if "mix" in self.streams:
-            self.train_sets["mix"] = Permuted(UnlabeledDataset(self.root, unlabeled, crop, scales,
-                                                               seed=self.seed + 2), seed=self.seed + 3)
+            self.train_sets["mix"] = Permuted(UnlabeledDataset(self.root, unlabeled, crop, scales, seed=self.seed + 2,
+                                                               strong_aug=strong_aug), seed=self.seed + 3)
 
     # -- loaders ----------------------------------------------------------------------------------
     def _loader_kwargs(self) -> dict:

@@ -67,12 +67,14 @@ class LabeledDataset(_Augmented):
 
 class UnlabeledDataset(_Augmented):
     """Unlabeled crops: a weak view, two strong views of the same geometric crop, the padding
-    mask (255 = padded) and one CutMix box per strong view. Never opens a ground-truth mask."""
+    mask (255 = padded) and one CutMix box per strong view. Never opens a ground-truth mask.
+    `strong_aug`: keyword arguments of `strong_transform` (default: UniMatch's strong view)."""
 
-    def __init__(self, root, samples, crop_size: int, scale_range=(0.5, 2.0), seed: int = 0):
+    def __init__(self, root, samples, crop_size: int, scale_range=(0.5, 2.0), seed: int = 0,
+                 strong_aug: dict | None = None):
         self.crop_size = crop_size
         self.geometric = geometric_transform(crop_size, tuple(scale_range), mask_fill=IGNORE_INDEX)
-        self.strong = strong_transform()
+        self.strong = strong_transform(**(strong_aug or {}))
         super().__init__(root, samples, seed)
 
     def _pipelines(self):

@@ -47,13 +47,16 @@ def geometric_transform(crop_size: int, scale_range: tuple[float, float], mask_f
     )
 
 
-def strong_transform():
-    """Photometric strong view: colour jitter (p 0.8), grayscale (p 0.2), Gaussian blur σ∈[0.1, 2] (p 0.5)."""
+def strong_transform(jitter_p: float = 0.8, brightness: float = 0.5, contrast: float = 0.5, saturation: float = 0.5,
+                     hue: float = 0.25, grayscale_p: float = 0.2, blur_p: float = 0.5,
+                     blur_sigma: tuple[float, float] = (0.1, 2.0)):
+    """Photometric strong view; the defaults are UniMatch's: colour jitter (p 0.8; hue as a fraction of
+    the hue circle, 0.25 = ±90°), grayscale (p 0.2), Gaussian blur σ∈[0.1, 2] (p 0.5)."""
     return A.Compose(
         [
-            A.ColorJitter(brightness=0.5, contrast=0.5, saturation=0.5, hue=0.25, p=0.8),
-            A.ToGray(p=0.2),
-            A.GaussianBlur(blur_limit=0, sigma_limit=(0.1, 2.0), p=0.5),
+            A.ColorJitter(brightness=brightness, contrast=contrast, saturation=saturation, hue=hue, p=jitter_p),
+            A.ToGray(p=grayscale_p),
+            A.GaussianBlur(blur_limit=0, sigma_limit=tuple(blur_sigma), p=blur_p),
         ],
         strict=True,
     )
