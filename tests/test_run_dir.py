@@ -8,7 +8,7 @@ from sslseg.experiment import _RUN_DIR_LOCKS, claim_run_dir
 
 
 def test_a_run_directory_has_one_owner(tmp_path):
-    run_dir = tmp_path / "daw" / "toy_32" / "2026-01-01_00-00-00_seed0"
+    run_dir = tmp_path / "daw" / "toy_16" / "2026-01-01_00-00-00_seed0"
     claim_run_dir(run_dir)
     try:
         with pytest.raises(UserError, match="in use by another run"):
