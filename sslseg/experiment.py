@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
 import time
@@ -64,8 +65,6 @@ def claim_run_dir(run_dir: Path) -> None:
     """Hold an exclusive lock on the run directory for the life of this process, so that two runs
     resolved to the same directory (same method/dataset/split/seed started in the same second)
     cannot overwrite each other's checkpoints and logs. The OS drops the lock when the process ends."""
-    import fcntl
-
     run_dir.mkdir(parents=True, exist_ok=True)
     handle = open(run_dir / ".lock", "w")
     try:

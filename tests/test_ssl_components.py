@@ -36,7 +36,7 @@ def test_no_real_root_keeps_the_previous_threshold():
     jump.mu_pos.fill_(0.9), jump.var_pos.fill_(0.05**2), jump.mu_neg.fill_(0.6), jump.var_neg.fill_(0.15**2)
     jump.momentum = 1.0  # freeze the statistics: only the root decides
     logits = torch.zeros(1, 2, 1, 4)
-    jump.update(logits, torch.zeros(1, 1, 4, dtype=torch.long))
+    jump.update(logits.softmax(1), torch.zeros(1, 1, 4, dtype=torch.long))
     assert float(jump.tau) == 0.95
 
 
@@ -50,7 +50,7 @@ def test_jump_threshold_one_ema_update():
     logits = _two_class_logits([0.7] * 5 + [0.9] * 5 + [0.6] * 3 + [0.99] * 2)
     target = torch.tensor([0] * 10 + [1] * 3 + [255] * 2).view(1, 1, -1)
     jump = JumpThreshold(num_classes=2)
-    jump.update(logits, target)
+    jump.update(logits.softmax(1), target)
     # positives: batch mean 0.8, variance Σ0.1²/(10-1) = 0.0111; EMA from (1/K=0.5, 0.5).
     assert float(jump.mu_pos) == pytest.approx(0.99 * 0.5 + 0.01 * 0.8)
     assert float(jump.var_pos) == pytest.approx(0.99 * 0.5 + 0.01 * 0.1 / 9)
@@ -64,7 +64,7 @@ def test_jump_threshold_averages_over_ranks():
     logits = _two_class_logits([0.7] * 5 + [0.9] * 5)
     target = torch.zeros(1, 1, 10, dtype=torch.long)
     jump = JumpThreshold(num_classes=2)
-    jump.update(logits, target, reduce_mean=lambda t: (t + 0.6) / 2)  # the other rank's mean is 0.6
+    jump.update(logits.softmax(1), target, reduce_mean=lambda t: (t + 0.6) / 2)  # the other rank's mean is 0.6
     assert float(jump.mu_pos) == pytest.approx(0.99 * 0.5 + 0.01 * 0.7)
 
 

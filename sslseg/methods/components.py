@@ -34,15 +34,20 @@ def masked_unsup_loss(logits: torch.Tensor, pseudo: torch.Tensor, conf: torch.Te
     UniMatch's normalisation (specs §3.2 step 7): dividing by the non-padded pixels, not by the
     confident ones, so a batch with few confident pixels contributes a small loss."""
     per_pixel = F.cross_entropy(logits.float(), pseudo, reduction="none")
-    valid = ignore != IGNORE_INDEX
-    weight = (conf >= threshold) & valid
-    return (per_pixel * weight).sum() / valid.sum().clamp_min(1)
+    confident, valid = _confident_and_valid(conf, ignore, threshold)
+    return (per_pixel * confident).sum() / valid.sum().clamp_min(1)
 
 
 def confident_share(conf: torch.Tensor, ignore: torch.Tensor, threshold: float | torch.Tensor) -> torch.Tensor:
     """Share of non-padded pixels whose confidence passes the threshold (logged as mask ratio)."""
+    confident, valid = _confident_and_valid(conf, ignore, threshold)
+    return confident.sum() / valid.sum().clamp_min(1)
+
+
+def _confident_and_valid(conf, ignore, threshold) -> tuple[torch.Tensor, torch.Tensor]:
+    """([conf ≥ τ] and not padding, not padding)."""
     valid = ignore != IGNORE_INDEX
-    return ((conf >= threshold) & valid).sum() / valid.sum().clamp_min(1)
+    return (conf >= threshold) & valid, valid
 
 
 class ModelEMA(nn.Module):

@@ -89,8 +89,9 @@ class JumpThreshold(nn.Module):
         var.mul_(self.momentum).add_((1 - self.momentum) * batch_var)
 
     @torch.no_grad()
-    def update(self, logits: torch.Tensor, target: torch.Tensor, reduce_mean=lambda t: t) -> None:
-        conf, pred = confidence(logits.float().softmax(1))
+    def update(self, probs: torch.Tensor, target: torch.Tensor, reduce_mean=lambda t: t) -> None:
+        """One EMA step of both fits from labeled-pixel probabilities (B, K, H, W), then τ."""
+        conf, pred = confidence(probs)
         valid = target != IGNORE_INDEX
         correct = pred == target
         self._ema_moments(conf, valid & correct, self.mu_pos, self.var_pos, reduce_mean)
@@ -154,7 +155,7 @@ class DAW(UniMatch):
         valid_u = torch.cat([ignore, partners.ignore]) != IGNORE_INDEX
         self.align.update(probs_x, y != IGNORE_INDEX, probs_u, valid_u, self._reduce_sum)
         # τ from this labeled batch (the released order: after L_x, before the unlabeled losses).
-        self.jump.update(pred_x.detach(), y, self._reduce_mean)
+        self.jump.update(probs_x, y, self._reduce_mean)
         self.log_dict({"train/mu_pos": self.jump.mu_pos.float(), "train/sigma_pos": self.jump.sigma_pos.float(),
                        "train/mu_neg": self.jump.mu_neg.float(), "train/sigma_neg": self.jump.sigma_neg.float(),
                        "train/tau_safe": self.jump.tau_safe.float()})

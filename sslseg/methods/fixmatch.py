@@ -19,7 +19,7 @@ class FixMatch(WeakToStrong):
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         x, y = batch["labeled"]["image"], batch["labeled"]["mask"]
         u = batch["unlabeled"]
-        tau = float(self.cfg.method.conf_thresh)
+        tau = self.threshold()
 
         # 1. CutMix partners and the mixed strong view.
         partners = self.partners(batch)

@@ -21,9 +21,6 @@ from sslseg.methods.weak_to_strong import Targets, WeakToStrong
 
 
 class UniMatch(WeakToStrong):
-    def threshold(self) -> float | torch.Tensor:
-        return float(self.cfg.method.conf_thresh)
-
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         x, y = batch["labeled"]["image"], batch["labeled"]["mask"]
         u = batch["unlabeled"]

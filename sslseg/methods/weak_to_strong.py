@@ -51,6 +51,10 @@ class WeakToStrong(SemiSegModule):
         if self.mix_source not in ("loader", "batch"):
             raise ValueError(f"method.mix_source must be 'loader' or 'batch', got {self.mix_source!r}")
 
+    def threshold(self) -> float | torch.Tensor:
+        """Confidence threshold τ of the unsupervised losses: fixed per dataset (DAW estimates it)."""
+        return float(self.cfg.method.conf_thresh)
+
     @classmethod
     def data_streams(cls, method_cfg) -> tuple[str, ...]:
         if method_cfg.get("mix_source", "loader") == "batch":
