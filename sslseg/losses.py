@@ -1,4 +1,5 @@
-"""Supervised criteria: cross-entropy with ignore, and UniMatch's OHEM for Cityscapes."""
+"""Losses: the supervised criteria (cross-entropy with ignore, UniMatch's OHEM for Cityscapes) and the
+unsupervised terms several methods share (masked cross-entropy, standardised MSE)."""
 
 from __future__ import annotations
 
@@ -44,3 +45,35 @@ def build_criterion(cfg: DictConfig) -> nn.Module:
     if cfg.name == "ohem":
         return OhemCrossEntropy(thresh=cfg.thresh, min_kept=cfg.min_kept)
     raise ValueError(f"dataset.criterion.name must be 'ce' or 'ohem', got {cfg.name!r}")
+
+
+def masked_cross_entropy(logits: torch.Tensor, label: torch.Tensor, selected: torch.Tensor, ignore: torch.Tensor,
+                         normalize: str = "valid") -> torch.Tensor:
+    """Σ CE(logits, label) · selected · [not padding] / N, per-pixel CE on (B, K, H, W) logits.
+
+    normalize="valid": N = #(non-padded pixels), UniMatch's, DAW's and DSSN's normalisation (a batch with
+    few selected pixels contributes a small loss); "selected": N = #(selected non-padded pixels), the mean
+    over the selected pixels (U2PL, DDFP)."""
+    per_pixel = F.cross_entropy(logits.float(), label, reduction="none")
+    valid = ignore != IGNORE_INDEX
+    kept = selected & valid
+    count = {"valid": valid, "selected": kept}[normalize].sum().clamp_min(1)
+    return (per_pixel * kept).sum() / count
+
+
+def selected_share(selected: torch.Tensor, ignore: torch.Tensor) -> torch.Tensor:
+    """Share of the non-padded pixels that are selected (logged as the mask ratio)."""
+    valid = ignore != IGNORE_INDEX
+    return (selected & valid).sum() / valid.sum().clamp_min(1)
+
+
+def standardize(logits: torch.Tensor) -> torch.Tensor:
+    """Each pixel's class vector minus its mean, divided by its unbiased standard deviation (torch.std)."""
+    logits = logits.float()
+    return (logits - logits.mean(1, keepdim=True)) / logits.std(1, keepdim=True)
+
+
+def standardized_mse(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """MSE between per-pixel standardised logits, averaged over B·K·H·W, gradient into both: DSSN's
+    "contrastive" term. Equals 2(K−1)/K · (1 − Pearson r) averaged over pixels."""
+    return F.mse_loss(standardize(a), standardize(b))

@@ -57,14 +57,14 @@ def test_partner_pass_runs_in_eval_mode_and_restores_train_mode():
     assert modes == [False, True, True] and module.model.training
 
 
-def test_daw_updates_its_statistics_and_keeps_an_ema_model():
+def test_daw_updates_its_statistics_and_keeps_a_teacher():
     module, batch = _module("daw")
     module.train()
     module.training_step(batch, 0)
     assert float(module.jump.mu_pos) != pytest.approx(1 / K) or float(module.jump.mu_neg) != pytest.approx(1 / K)
-    assert module.evaluated_networks() == ("model", "ema") and set(module.val_confusion) == {"model", "ema"}
+    assert module.evaluated_networks() == ("model", "teacher") and set(module.val_confusion) == {"model", "teacher"}
     state = module.state_dict()
-    assert "jump.tau" in state and "align.labeled" in state and any(k.startswith("ema.model.") for k in state)
+    assert "jump.tau" in state and "align.labeled" in state and any(k.startswith("teacher.network.") for k in state)
 
 
 def test_validation_reports_the_better_of_online_and_ema():
@@ -74,7 +74,7 @@ def test_validation_reports_the_better_of_online_and_ema():
     batch = {"image": torch.randint(0, 256, (2, 3, CROP, CROP), dtype=torch.uint8, generator=gen),
              "mask": torch.randint(0, K, (2, CROP, CROP), generator=gen)}
     with torch.no_grad():
-        module.ema.model.decoder.classifier.bias.add_(torch.arange(K) * 100.0)  # EMA: always the last class
+        module.teacher.network.decoder.classifier.bias.add_(torch.arange(K) * 100.0)  # always the last class
     module.validation_step(batch, 0)
     from sslseg.metrics import iou_from_confusion
 

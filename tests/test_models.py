@@ -61,11 +61,25 @@ def test_segmentor_outputs_and_feature_perturbation():
     net = build_segmentor(b, m, num_classes=6).eval()
     x = torch.randn(2, 3, 48, 48)
     out = net(x)
-    assert out.logits.shape == (2, 6, 48, 48) and out.features.shape == (2, 64, 12, 12) and out.logits_fp is None
-    fp = net(x, perturb=True)
-    torch.testing.assert_close(fp.logits, out.logits)  # eval-mode BN: the clean half is unchanged
-    assert fp.logits_fp.shape == out.logits.shape
-    assert not torch.allclose(fp.logits_fp, fp.logits)  # dropout stays active in eval mode
+    assert out.logits.shape == (2, 6, 48, 48) and out.features.shape == (2, 64, 12, 12) and out.logits_fp == ()
+    fp = net(x, perturb=1)
+    torch.testing.assert_close(fp.logits, out.logits)  # eval-mode BN: the clean part is unchanged
+    assert len(fp.logits_fp) == 1 and fp.logits_fp[0].shape == out.logits.shape
+    assert not torch.allclose(fp.logits_fp[0], fp.logits)  # dropout stays active in eval mode
+
+
+def test_each_perturbed_copy_has_its_own_dropout_masks():
+    torch.manual_seed(0)
+    b, m = _cfgs("tiny", "deeplabv3plus_tiny")
+    net = build_segmentor(b, m, num_classes=6).eval()
+    x = torch.randn(2, 3, 48, 48)
+    calls = []
+    net.decoder.register_forward_hook(lambda mod, args, out: calls.append(args[0].shape[0]))
+    out = net(x, perturb=2)
+    assert calls == [6]  # clean + 2 perturbed copies of the batch of 2, in one decoder call
+    torch.testing.assert_close(out.logits, net(x).logits)
+    fp1, fp2 = out.logits_fp
+    assert fp1.shape == fp2.shape == out.logits.shape and not torch.allclose(fp1, fp2)
 
 
 def test_fused_feature_hook_replaces_the_fused_feature():

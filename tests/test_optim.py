@@ -16,7 +16,8 @@ def test_poly_schedule_and_head_multiplier():
     assert conf["lr_scheduler"]["interval"] == "step"
     backbone, head = optimizer.param_groups
     assert {id(p) for p in backbone["params"]} == {id(p) for p in module.model.backbone.parameters()}
-    assert len(backbone["params"]) + len(head["params"]) == len(list(module.parameters()))
+    trainable = [p for p in module.parameters() if p.requires_grad]  # not the teacher's
+    assert len(backbone["params"]) + len(head["params"]) == len(trainable)
     assert backbone["weight_decay"] == 1e-4 and backbone["momentum"] == 0.9
     lrs = []
     for _ in range(51):

@@ -2,10 +2,11 @@ import math
 
 import pytest
 import torch
-from torch import nn
 
-from sslseg.methods.components import ModelEMA, cutmix, masked_unsup_loss
-from sslseg.methods.daw import DistributionAlignment, JumpThreshold, gaussian_intersection
+from sslseg.losses import masked_cross_entropy
+from sslseg.methods.components import cutmix
+from sslseg.methods.daw import DistributionAlignment
+from sslseg.methods.selection import JumpThreshold, above_threshold, gaussian_intersection
 
 
 def _pdf(x, mu, sigma):
@@ -89,15 +90,18 @@ def test_distribution_alignment_update():
     torch.testing.assert_close(align.unlabeled, torch.tensor([third, 0.99 * third + 0.01 * 0.7, third]))
 
 
-def test_masked_unsupervised_loss_normalisation():
+def test_masked_cross_entropy_normalisations():
     # 4 pixels, 2 classes, pseudo-label 0 everywhere. conf: 0.97 ✓, 0.5 (below τ), 0.99 (padding), 0.96 ✓.
     logits = _two_class_logits([0.97, 0.5, 0.99, 0.96])
     pseudo = torch.zeros(1, 1, 4, dtype=torch.long)
     conf = torch.tensor([0.97, 0.5, 0.99, 0.96]).view(1, 1, 4)
     ignore = torch.tensor([0, 0, 255, 0]).view(1, 1, 4)
-    loss = masked_unsup_loss(logits, pseudo, conf, ignore, threshold=0.95)
-    # (CE_1 + CE_4) / 3 non-padded pixels, not / 2 confident ones.
-    assert float(loss) == pytest.approx((-math.log(0.97) - math.log(0.96)) / 3, rel=1e-5)
+    selected = above_threshold(conf, 0.95)
+    ce = -math.log(0.97) - math.log(0.96)
+    # UniMatch: (CE_1 + CE_4) / 3 non-padded pixels, not / 2 confident ones.
+    assert float(masked_cross_entropy(logits, pseudo, selected, ignore)) == pytest.approx(ce / 3, rel=1e-5)
+    # U2PL/DDFP: the mean over the selected non-padded pixels.
+    assert float(masked_cross_entropy(logits, pseudo, selected, ignore, "selected")) == pytest.approx(ce / 2, rel=1e-5)
 
 
 def test_cutmix_inside_the_box_only():
@@ -109,21 +113,3 @@ def test_cutmix_inside_the_box_only():
     assert mixed[0].sum() == 3 * 4 and (mixed[0, :, 1:3, 2:4] == 1).all() and mixed[1].sum() == 0
     labels = cutmix(torch.zeros(2, 4, 4, dtype=torch.long), torch.full((2, 4, 4), 7), boxes)
     assert (labels[0, 1:3, 2:4] == 7).all() and labels.sum() == 7 * 4
-
-
-def test_model_ema_update():
-    online = nn.Sequential(nn.Linear(1, 1, bias=False), nn.BatchNorm1d(1))
-    ema = ModelEMA(online, max_decay=0.999)
-    with torch.no_grad():
-        online[0].weight.fill_(2.0)
-        online[1].running_mean.fill_(4.0)
-    ema.update(online, index=0)  # d = 0: a copy
-    assert float(ema.model[0].weight) == 2.0 and float(ema.model[1].running_mean) == 4.0
-    with torch.no_grad():
-        online[0].weight.fill_(4.0)
-        online[1].running_mean.fill_(0.0)
-    ema.update(online, index=1)  # d = 1 - 1/2 = 0.5
-    assert float(ema.model[0].weight) == 3.0 and float(ema.model[1].running_mean) == 2.0
-    ema.update(online, index=10_000)  # d capped at 0.999
-    assert float(ema.model[0].weight) == pytest.approx(0.999 * 3.0 + 0.001 * 4.0)
-    assert not any(p.requires_grad for p in ema.parameters())

@@ -3,6 +3,10 @@
 A method subclasses it, names the data streams it consumes (`data_streams`) and writes
 `training_step` as its algorithm box. Images arrive as uint8; `normalize` turns them into
 ImageNet-normalised float tensors on the device (channels_last when enabled).
+
+Networks: `model` (the student) and, when the method config has a `teacher` section, `teacher` (an
+averaged copy, `teacher.py`), updated here after every training step. `method.evaluate` picks which
+of them are validated (student | teacher | both; with both, val/mIoU is the better one).
 """
 
 from __future__ import annotations
@@ -15,10 +19,14 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from sslseg.data.transforms import IGNORE_INDEX, IMAGENET_MEAN, IMAGENET_STD
+from sslseg.errors import UserError
 from sslseg.inference import predict
 from sslseg.losses import build_criterion
+from sslseg.methods.teacher import Teacher
 from sslseg.metrics import confusion_matrix_metric, iou_from_confusion
 from sslseg.models import Segmentor, build_segmentor
+
+EVALUATED = {"student": ("model",), "teacher": ("teacher",), "both": ("model", "teacher")}
 
 
 def class_names(dataset_cfg: DictConfig) -> list[str]:
@@ -41,10 +49,13 @@ class SemiSegModule(pl.LightningModule):
         self.class_names = class_names(self.cfg.dataset)
         self.model: Segmentor = build_segmentor(self.cfg.backbone, self.cfg.model, self.num_classes,
                                                 load_pretrained=load_pretrained)
+        teacher_cfg = self.cfg.method.get("teacher")
+        self.teacher = Teacher(self.model, **teacher_cfg) if teacher_cfg else None
+        self.train_steps = 0  # training steps completed: the teacher's index; checkpointed
         self.criterion_l = build_criterion(self.cfg.dataset.criterion)
         self.register_buffer("pixel_mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1) * 255, persistent=False)
         self.register_buffer("pixel_std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1) * 255, persistent=False)
-        # One confusion matrix per evaluated network (DAW evaluates its online and EMA networks).
+        # One confusion matrix per evaluated network (DAW and DSSN evaluate student and teacher).
         self.val_confusion = nn.ModuleDict({name: confusion_matrix_metric(self.num_classes)
                                             for name in self.evaluated_networks()})
         self.channels_last = False  # decided once the device is known (_apply_perf)
@@ -60,11 +71,19 @@ class SemiSegModule(pl.LightningModule):
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 
     def evaluated_networks(self) -> tuple[str, ...]:
-        """Names of the networks validated every epoch; val/mIoU is the best of them."""
-        return ("model",)
+        """Names of the networks validated every epoch (`method.evaluate`); val/mIoU is the best of them."""
+        choice = self.cfg.method.get("evaluate", "student")
+        if choice not in EVALUATED or (choice != "student" and not self.cfg.method.get("teacher")):
+            options = list(EVALUATED) if self.cfg.method.get("teacher") else ["student"]
+            raise UserError(f"method.evaluate must be one of {options}, got {choice!r}")
+        return EVALUATED[choice]
+
+    def networks(self) -> dict[str, nn.Module]:
+        """Every network of the method (the student, and the teacher where there is one)."""
+        return {"model": self.model} | ({"teacher": self.teacher} if self.teacher is not None else {})
 
     def network(self, name: str) -> nn.Module:
-        return getattr(self, name)
+        return self.networks()[name]
 
     def inference_model(self) -> nn.Module:
         """The network used for prediction: the one that scored best at the last validation."""
@@ -76,8 +95,7 @@ class SemiSegModule(pl.LightningModule):
         perf = self.cfg.get("perf", {})
         setting = perf.get("channels_last", "auto")
         self.channels_last = self.device.type == "cuda" if setting == "auto" else bool(setting)
-        networks = [self.network(n) for n in dict.fromkeys(("model", *self.evaluated_networks()))]
-        for net in networks:
+        for net in self.networks().values():
             if self.channels_last:
                 net.to(memory_format=torch.channels_last)
             if perf.get("compile", False) and not self._compiled:
@@ -86,6 +104,28 @@ class SemiSegModule(pl.LightningModule):
 
     def on_fit_start(self) -> None:
         self._apply_perf()
+
+    # -- the step counter and the teacher ----------------------------------------------------------
+    def on_train_epoch_start(self) -> None:
+        if self.teacher is not None:
+            self.teacher.set_epoch(self.current_epoch)
+
+    def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
+        self.step_completed()
+
+    def step_completed(self) -> None:
+        """After every training step (one student update, whatever the number of optimizers): the
+        teacher's update, indexed by the steps done before this one, then the counter. Training,
+        the benchmark and the tests all go through here."""
+        if self.teacher is not None:
+            self.teacher.update(self.model, self.train_steps, self.current_epoch)
+        self.train_steps += 1
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["train_steps"] = self.train_steps
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self.train_steps = int(checkpoint.get("train_steps", 0))
 
     def on_validation_start(self) -> None:
         self._apply_perf()

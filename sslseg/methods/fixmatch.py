@@ -1,6 +1,6 @@
 """FixMatch for segmentation, as in UniMatch's `fixmatch.py` (specs §3.1).
 
-1. Partners' pseudo-labels (eval mode, no grad) and CutMix of the strong view.
+1. Partners' pseudo-labels (student in eval mode, no grad) and CutMix of the strong view.
 2. One pass on [labeled ‖ weak]; one pass on the CutMixed strong view.
 3. Pseudo-labels of the weak view, mixed inside the box with the partners'.
 4. loss = (L_x + L_s) / 2, L_s masked by a fixed confidence threshold τ (method.conf_thresh)
@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import torch
 
-from sslseg.methods.components import confident_share, cutmix, masked_unsup_loss
+from sslseg.losses import masked_cross_entropy, selected_share
+from sslseg.methods.components import cutmix
 from sslseg.methods.weak_to_strong import WeakToStrong
 
 
@@ -19,15 +20,13 @@ class FixMatch(WeakToStrong):
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         x, y = batch["labeled"]["image"], batch["labeled"]["mask"]
         u = batch["unlabeled"]
-        tau = self.threshold()
 
         # 1. CutMix partners and the mixed strong view.
-        partners = self.partners(batch)
+        partners = self.partners(batch, self.predict_partner)
         strong = cutmix(u["strong1"], partners.strong1, u["box1"])
 
         # 2. Forward passes.
-        logits = self.model(self.normalize(torch.cat([x, u["weak"]]))).logits
-        pred_x, pred_w = logits.split([x.shape[0], u["weak"].shape[0]])
+        pred_x, pred_w, _ = self.forward_weak(x, u["weak"])
         pred_s = self.model(self.normalize(strong)).logits
 
         # 3. Pseudo-labels.
@@ -38,8 +37,8 @@ class FixMatch(WeakToStrong):
 
         # 4. Losses.
         loss_x = self.criterion_l(pred_x, y)
-        loss_s = masked_unsup_loss(pred_s, target.label, target.conf, target.ignore, tau)
+        loss_s = masked_cross_entropy(pred_s, target.label, self.select(target), target.ignore)
         loss = (loss_x + loss_s) / 2
         self.log_dict({"train/loss": loss, "train/loss_x": loss_x, "train/loss_s": loss_s,
-                       "train/mask_ratio": confident_share(weak.conf, weak.ignore, tau)}, prog_bar=False)
+                       "train/mask_ratio": selected_share(self.select(weak), weak.ignore)})
         return loss

@@ -17,7 +17,7 @@ from sslseg.models.pretrained import load_backbone_weights
 class SegOutput(NamedTuple):
     logits: torch.Tensor  # (B, K, H, W) at the input resolution
     features: torch.Tensor  # (B, C, H/4, W/4) decoder feature before the classifier
-    logits_fp: torch.Tensor | None = None  # feature-perturbed logits (UniMatch), when asked for
+    logits_fp: tuple[torch.Tensor, ...] = ()  # one per feature-perturbed copy (UniMatch 1, DSSN 2)
 
 
 class Segmentor(nn.Module):
@@ -26,19 +26,21 @@ class Segmentor(nn.Module):
         self.backbone = backbone
         self.decoder = decoder
 
-    def forward(self, x: torch.Tensor, perturb: bool = False,
+    def forward(self, x: torch.Tensor, perturb: int = 0,
                 fused_hook: Callable[[torch.Tensor], torch.Tensor] | None = None) -> SegOutput:
-        """`perturb=True` also decodes channel-dropped c1/c4 (UniMatch's FP stream) in the same
-        decoder batch (BN sees clean and perturbed features together, as the reference).
-        `fused_hook` may replace the fused 304-d feature before the decoder convs."""
+        """`perturb=n` also decodes n feature-perturbed copies of the backbone features (each with its
+        own channel-dropout masks on c1 and c4), in the same decoder batch as the clean features, so
+        that BN sees them together, as the references. `fused_hook` may replace the fused 304-d
+        feature before the decoder convs."""
         c1, _, _, c4 = self.backbone(x)
         size = x.shape[-2:]
         if perturb:
-            d1, d4 = self.decoder.perturb(c1, c4)
-            logits, features = self.decoder(torch.cat([c1, d1]), torch.cat([c4, d4]), fused_hook)
+            copies = [self.decoder.perturb(c1, c4) for _ in range(perturb)]
+            logits, features = self.decoder(torch.cat([c1, *(d1 for d1, _ in copies)]),
+                                            torch.cat([c4, *(d4 for _, d4 in copies)]), fused_hook)
             logits = F.interpolate(logits, size=size, mode="bilinear", align_corners=True)
-            (logits, logits_fp), features = logits.chunk(2), features.chunk(2)[0]
-            return SegOutput(logits, features, logits_fp)
+            clean, *perturbed = logits.chunk(perturb + 1)
+            return SegOutput(clean, features.chunk(perturb + 1)[0], tuple(perturbed))
         logits, features = self.decoder(c1, c4, fused_hook)
         return SegOutput(F.interpolate(logits, size=size, mode="bilinear", align_corners=True), features)
 
