@@ -49,8 +49,10 @@ def synthetic_batch(streams, batch: int, crop: int, num_classes: int, device) ->
 
 
 class StepRunner:
-    """One optimisation step as Lightning runs it: autocast, training_step, backward, SGD step,
-    schedule, on_train_batch_end (DAW's EMA update)."""
+    """One training step as Lightning's automatic optimisation runs it: autocast training_step, then
+    zero_grad (Lightning zeroes inside its closure, after the forward and before backward, so the
+    gradients are not freed and faulted back in between steps), backward, SGD step, the module's
+    end-of-step hook (the teacher's update), then the per-step schedule."""
 
     def __init__(self, module, batch: dict, device: torch.device, bf16: bool, channels_last: bool,
                  compile_model: bool = False):
@@ -70,13 +72,12 @@ class StepRunner:
     def step(self) -> torch.Tensor:
         with self.autocast():
             loss = self.module.training_step(self.batch, self.index)
+        self.module.optimizer_zero_grad(0, self.index, self.optimizer)
         loss.backward()
         self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
+        self.module.on_train_batch_end(loss, self.batch, self.index)
         self.schedule.step()
         self.index += 1
-        if hasattr(self.module, "ema"):
-            self.module.ema.update(self.module.model, self.index - 1)
         return loss.detach()
 
 
