@@ -1,10 +1,11 @@
+import albumentations as A
 import numpy as np
 import pytest
 from PIL import Image
 
 from sslseg.data.datasets import LabeledDataset, UnlabeledDataset
 from sslseg.data.splits import Sample
-from sslseg.data.transforms import cutmix_box, geometric_transform
+from sslseg.data.transforms import cutmix_box, geometric_transform, seed_transforms, strong_transform
 
 
 def _write_pair(root, h, w, seed=0):
@@ -27,7 +28,7 @@ def test_labeled_crop_keeps_image_and_mask_aligned(tmp_path):
         image, mask = out["image"].numpy(), out["mask"].numpy()
         # Interior pixels (one label in the 3x3 neighbourhood): the bilinear image value rounds to the
         # nearest-neighbour mask label (a one-pixel shift would be off by a whole label step).
-        m = np.pad(mask.astype(int), 1, mode="edge")
+        m = np.pad(mask.astype(int), 1, constant_values=-1)  # crop-border pixels have unseen neighbours
         same = np.ones_like(mask, bool)
         for dy in (0, 1, 2):
             for dx in (0, 1, 2):
@@ -99,3 +100,95 @@ def test_geometric_scale_range_is_respected():
     out = geometric_transform(400, (0.5, 0.5))(image=image, mask=mask)  # scale exactly 0.5, pad to 400
     assert out["image"].shape == (400, 400, 3)
     assert (out["mask"] == 0).sum() == 50 * 50
+
+
+@pytest.mark.parametrize("factor", [0.05, 0.5, 0.95, 1.7])
+def test_sharpness_equals_pils_image_enhance(factor):
+    from PIL import Image, ImageEnhance
+
+    from sslseg.data.transforms import Sharpness
+
+    image = np.random.default_rng(3).integers(0, 256, (31, 40, 3), dtype=np.uint8)
+    expected = np.asarray(ImageEnhance.Sharpness(Image.fromarray(image)).enhance(factor))
+    np.testing.assert_array_equal(Sharpness().apply(image, factor=factor), expected)
+
+
+class Record(A.ImageOnlyTransform):
+    """Appends its name to a log when applied."""
+
+    def __init__(self, log: list, name, p: float = 1.0):
+        super().__init__(p=p)
+        self.log, self.name = log, name
+
+    def apply(self, img, **params):
+        self.log.append(self.name)
+        return img
+
+
+def test_seeded_transforms_draw_independently_and_reproducibly():
+    log: list[str] = []
+    pipeline = A.Compose([Record(log, "a", p=0.5), Record(log, "b", p=0.5)])
+    image = np.zeros((4, 4, 3), dtype=np.uint8)
+
+    def outcomes(seed: int) -> list[tuple]:
+        seed_transforms(pipeline, np.random.default_rng(seed))
+        draws = []
+        for _ in range(2000):
+            log.clear()
+            pipeline(image=image)
+            draws.append(tuple(log))
+        return draws
+
+    draws = outcomes(0)
+    # Independent p = 0.5 decisions: each of (), (a), (b), (a, b) about a quarter of the time.
+    # (Compose.set_random_seed alone gives only () and (a, b): both transforms draw the same number.)
+    for outcome in [(), ("a",), ("b",), ("a", "b")]:
+        assert abs(draws.count(outcome) / 2000 - 0.25) < 0.04, outcome
+    assert outcomes(0) == draws and outcomes(1) != draws
+
+
+def test_labeled_flip_does_not_follow_the_scale(tmp_path):
+    # An image whose brightness grows to the right, 48 wide, cropped at 32: crops scaled below 2/3 are padded.
+    columns = np.arange(48, dtype=np.uint8) * 5
+    Image.fromarray(np.tile(columns[None, :, None], (48, 1, 3))).save(tmp_path / "a.png")
+    Image.fromarray(np.zeros((48, 48), np.uint8)).save(tmp_path / "m.png")
+    ds = LabeledDataset(tmp_path, [Sample("a.png", "m.png")], num_classes=2, crop_size=32, scale_range=(0.5, 2.0),
+                        length=1, seed=0)
+    padded_flips, padded = 0, 0
+    for _ in range(1000):
+        out = ds[0]
+        image, mask = out["image"].numpy()[0], out["mask"].numpy()
+        if (mask == 255).any():
+            row = image[0][mask[0] == 0].astype(int)
+            padded += 1
+            padded_flips += int(row[0] > row[-1])
+    assert padded > 80 and 0.35 < padded_flips / padded < 0.65  # small crops are flipped half of the time
+
+
+def test_random_ops_draw_one_to_n_ops_with_replacement_in_drawn_order():
+    from sslseg.data.transforms import random_ops
+
+    log: list[int] = []
+    pipeline = A.Compose([random_ops([Record(log, i) for i in range(3)], max_ops=3)])
+    seed_transforms(pipeline, np.random.default_rng(0))
+    image = np.zeros((4, 4, 3), dtype=np.uint8)
+    draws = []
+    for _ in range(3000):
+        log.clear()
+        pipeline(image=image)
+        draws.append(tuple(log))
+    counts = np.bincount([len(d) for d in draws], minlength=4)
+    assert counts[0] == 0 and all(abs(c / 3000 - 1 / 3) < 0.04 for c in counts[1:])  # n ~ U{1, 2, 3}
+    assert any(len(set(d)) < len(d) for d in draws)  # with replacement
+    assert any(list(d) != sorted(d) for d in draws)  # in the order drawn, not the list's
+    ops = np.bincount([op for d in draws for op in d], minlength=3)
+    assert all(abs(c / ops.sum() - 1 / 3) < 0.03 for c in ops)  # each op equally likely
+
+
+def test_extra_ops_are_part_of_the_strong_view_only_when_asked():
+    plain, extended = strong_transform(), strong_transform(extra_ops=3)
+    assert len(extended.transforms) == len(plain.transforms) + 1
+    image = np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8)
+    seed_transforms(extended, np.random.default_rng(0))
+    outputs = [extended(image=image)["image"] for _ in range(20)]
+    assert all(o.shape == image.shape and o.dtype == np.uint8 for o in outputs)

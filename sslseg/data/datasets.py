@@ -16,7 +16,7 @@ from torch.utils.data import Dataset
 
 from sslseg.data.io import read_image, read_mask
 from sslseg.data.splits import Sample
-from sslseg.data.transforms import IGNORE_INDEX, cutmix_box, geometric_transform, strong_transform
+from sslseg.data.transforms import IGNORE_INDEX, cutmix_box, geometric_transform, seed_transforms, strong_transform
 
 
 def _to_chw(image: np.ndarray) -> torch.Tensor:
@@ -32,7 +32,7 @@ class _Augmented(Dataset):
     def reseed(self, seed: int) -> None:
         self.rng = np.random.default_rng(seed)
         for pipeline in self._pipelines():
-            pipeline.set_random_seed(int(self.rng.integers(2**31)))
+            seed_transforms(pipeline, self.rng)
 
     def _pipelines(self):
         return []

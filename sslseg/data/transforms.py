@@ -12,6 +12,7 @@ import math
 import albumentations as A
 import cv2
 import numpy as np
+from albumentations.core.composition import BaseCompose
 
 IGNORE_INDEX = 255
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -49,17 +50,81 @@ def geometric_transform(crop_size: int, scale_range: tuple[float, float], mask_f
 
 def strong_transform(jitter_p: float = 0.8, brightness: float = 0.5, contrast: float = 0.5, saturation: float = 0.5,
                      hue: float = 0.25, grayscale_p: float = 0.2, blur_p: float = 0.5,
-                     blur_sigma: tuple[float, float] = (0.1, 2.0)):
+                     blur_sigma: tuple[float, float] = (0.1, 2.0), extra_ops: int = 0):
     """Photometric strong view; the defaults are UniMatch's: colour jitter (p 0.8; hue as a fraction of
-    the hue circle, 0.25 = ±90°), grayscale (p 0.2), Gaussian blur σ∈[0.1, 2] (p 0.5)."""
-    return A.Compose(
-        [
-            A.ColorJitter(brightness=brightness, contrast=contrast, saturation=saturation, hue=hue, p=jitter_p),
-            A.ToGray(p=grayscale_p),
-            A.GaussianBlur(blur_limit=0, sigma_limit=tuple(blur_sigma), p=blur_p),
-        ],
-        strict=True,
-    )
+    the hue circle, 0.25 = ±90°), grayscale (p 0.2), Gaussian blur σ∈[0.1, 2] (p 0.5). `extra_ops` > 0
+    appends DSSN's Pascal ops: 1 to `extra_ops` of `extra_photometric_ops()` (count uniform, ops drawn
+    with replacement and applied in the drawn order)."""
+    steps = [
+        A.ColorJitter(brightness=brightness, contrast=contrast, saturation=saturation, hue=hue, p=jitter_p),
+        A.ToGray(p=grayscale_p),
+        A.GaussianBlur(blur_limit=0, sigma_limit=tuple(blur_sigma), p=blur_p),
+    ]
+    if extra_ops:
+        steps.append(random_ops(extra_photometric_ops(), extra_ops))
+    return A.Compose(steps, strict=True)
+
+
+def random_ops(ops: list, max_ops: int) -> A.OneOf:
+    """n ~ U{1..max_ops}, then n ops drawn uniformly with replacement, applied in that order."""
+    return A.OneOf([A.Sequential([A.OneOf(ops, p=1.0) for _ in range(n)], p=1.0) for n in range(1, max_ops + 1)],
+                   p=1.0)
+
+
+class Sharpness(A.ImageOnlyTransform):
+    """PIL's ImageEnhance.Sharpness: blend with the image smoothed by PIL's 3×3 SMOOTH kernel (a factor
+    below 1 softens, above 1 sharpens); border pixels stay as they are, as in PIL."""
+
+    _KERNEL = np.array([[1, 1, 1], [1, 5, 1], [1, 1, 1]], dtype=np.float32) / 13
+
+    def __init__(self, factor_range: tuple[float, float] = (0.05, 0.95), p: float = 0.5):
+        super().__init__(p=p)
+        self.factor_range = tuple(factor_range)
+
+    def get_params(self) -> dict:
+        return {"factor": self.py_random.uniform(*self.factor_range)}
+
+    def apply(self, img: np.ndarray, factor: float = 1.0, **params) -> np.ndarray:
+        image = img.astype(np.float32)
+        smooth = image.copy()
+        smooth[1:-1, 1:-1] = np.round(cv2.filter2D(image, -1, self._KERNEL))[1:-1, 1:-1]
+        # PIL's blend truncates: smooth + factor·(image − smooth), clipped, then cast
+        return np.clip(smooth + np.float32(factor) * (image - smooth), 0, 255).astype(np.uint8)
+
+    def get_transform_init_args_names(self) -> tuple[str, ...]:
+        return ("factor_range",)
+
+
+def extra_photometric_ops() -> list:
+    """DSSN's `strong_img_aug` list (voc/dataset/transform.py): identity, autocontrast, equalize, blur
+    σ∈[0.1, 2], contrast, brightness, colour and sharpness factors in [0.05, 0.95] (always a reduction),
+    posterize to 4-7 bits, solarize at a threshold in [1, 255], hue shift in ±0.5 of the circle."""
+    reduce = (0.05, 0.95)
+    return [
+        A.NoOp(p=1.0),
+        A.AutoContrast(method="pil", p=1.0),
+        A.Equalize(mode="pil", p=1.0),
+        A.GaussianBlur(blur_limit=0, sigma_limit=(0.1, 2.0), p=1.0),
+        A.ColorJitter(brightness=(1, 1), contrast=reduce, saturation=(1, 1), hue=(0, 0), p=1.0),
+        A.ColorJitter(brightness=reduce, contrast=(1, 1), saturation=(1, 1), hue=(0, 0), p=1.0),
+        A.ColorJitter(brightness=(1, 1), contrast=(1, 1), saturation=reduce, hue=(0, 0), p=1.0),
+        Sharpness(reduce, p=1.0),
+        A.Posterize(num_bits=(4, 7), p=1.0),
+        A.Solarize(threshold_range=(1 / 255, 1.0), p=1.0),
+        A.ColorJitter(brightness=(1, 1), contrast=(1, 1), saturation=(1, 1), hue=(-0.5, 0.5), p=1.0),
+    ]
+
+
+def seed_transforms(transform, rng: np.random.Generator) -> None:
+    """Give every transform of an albumentations pipeline its own random stream, drawn from `rng`.
+
+    `Compose.set_random_seed` hands the *same* seed to every child, so the children draw identical
+    numbers: the scale, the crop position and the flip of the geometric view would all follow one
+    uniform draw, and grayscale would only ever come with blur and jitter."""
+    transform.set_random_seed(int(rng.integers(2**31)))
+    if isinstance(transform, BaseCompose):
+        for child in transform.transforms:
+            seed_transforms(child, rng)
 
 
 def cutmix_box(size: int, rng: np.random.Generator, p: float = 0.5, area_range=(0.02, 0.4),
