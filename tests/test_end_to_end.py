@@ -61,7 +61,7 @@ def test_multirun_writes_one_results_file_per_job(data_dir, tmp_path):
     assert len({r["run_dir"] for r in results}) == 2
 
 
-@pytest.mark.parametrize("method", ["supervised", "fixmatch", "unimatch", "daw"])
+@pytest.mark.parametrize("method", ["supervised", "fixmatch", "unimatch", "daw", "dssn"])
 def test_ddp_on_two_cpu_processes(data_dir, tmp_path, method):
     run = run_cli("train.py", f"method={method}", "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2",
                   *_common(data_dir, tmp_path), *FAST)
@@ -83,7 +83,7 @@ def test_bad_inputs_end_with_one_line(data_dir, tmp_path):
     assert not list(tmp_path.rglob("results.json"))
 
 
-@pytest.mark.parametrize("method", ["fixmatch", "unimatch"])
+@pytest.mark.parametrize("method", ["fixmatch", "unimatch", "dssn"])
 def test_each_method_runs_five_steps(data_dir, tmp_path, method):
     run = run_cli("train.py", f"method={method}", "dataset=toy", *_common(data_dir, tmp_path), *FAST)
     assert run.returncode == 0, run.stderr[-3000:]

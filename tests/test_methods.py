@@ -18,30 +18,37 @@ def _module(method: str, *overrides: str):
     return module, synthetic_batch(module.data_streams(cfg.method), B, CROP, K, torch.device("cpu"))
 
 
-def _count_passes(module, batch) -> tuple[int, int, torch.Tensor]:
-    """(network forward passes, decoder calls, loss) of one training step."""
-    calls = {"model": 0, "decoder": 0}
-    hooks = [module.model.register_forward_hook(lambda *_: calls.__setitem__("model", calls["model"] + 1)),
-             module.model.decoder.register_forward_hook(lambda *_: calls.__setitem__("decoder", calls["decoder"] + 1))]
+def _count_passes(module, batch) -> tuple[dict[str, tuple[int, int]], torch.Tensor]:
+    """({network: (forward passes, decoder calls)}, loss) of one training step, per network."""
+    calls, hooks = {}, []
+    for name, net in module.networks().items():
+        segmentor = net.network if name == "teacher" else net
+        calls[name] = [0, 0]
+        for i, part in enumerate((segmentor, segmentor.decoder)):
+            hooks.append(part.register_forward_hook(lambda *_, n=name, i=i: calls[n].__setitem__(i, calls[n][i] + 1)))
     module.train()
     loss = module.training_step(batch, 0)
     for hook in hooks:
         hook.remove()
-    return calls["model"], calls["decoder"], loss
+    return {name: tuple(c) for name, c in calls.items()}, loss
 
 
 @pytest.mark.parametrize("method,overrides,passes", [
-    ("supervised", [], 1),
-    ("fixmatch", [], 3),  # partner (eval, no grad), [labeled ‖ weak], strong
-    ("fixmatch", ["method.mix_source=batch"], 2),
-    ("unimatch", [], 3),  # partner, [labeled ‖ weak] + FP in one decoder batch, [strong1 ‖ strong2]
-    ("unimatch", ["method.mix_source=batch"], 2),
-    ("daw", [], 3),
+    ("supervised", [], {"model": 1}),
+    ("fixmatch", [], {"model": 3}),  # partner (eval, no grad), [labeled ‖ weak], strong
+    ("fixmatch", ["method.mix_source=batch"], {"model": 2}),
+    ("unimatch", [], {"model": 3}),  # partner, [labeled ‖ weak] + FP in one decoder batch, [strong1 ‖ strong2]
+    ("unimatch", ["method.mix_source=batch"], {"model": 2}),
+    ("daw", [], {"model": 3, "teacher": 0}),  # the teacher is only evaluated
+    # DSSN student: [labeled ‖ weak] + 2 FP copies, [s1 ‖ s2]; teacher: the partners, then the weak view
+    ("dssn", [], {"model": 2, "teacher": 2}),
+    ("dssn", ["method.mix_source=batch"], {"model": 2, "teacher": 1}),
 ])
 def test_forward_passes_per_step(method, overrides, passes):
     module, batch = _module(method, *overrides)
-    model_calls, decoder_calls, loss = _count_passes(module, batch)
-    assert model_calls == passes and decoder_calls == passes  # FP shares the decoder batch, no extra call
+    calls, loss = _count_passes(module, batch)
+    # Feature-perturbed copies share the decoder batch: one decoder call per pass.
+    assert calls == {name: (n, n) for name, n in passes.items()}
     assert torch.isfinite(loss)
     loss.backward()
     grads = [p.grad for p in module.model.parameters()]
@@ -92,6 +99,17 @@ def test_unimatch_threshold_comes_from_the_dataset():
 EXPERIMENTS = sorted(p.stem for p in (Path(__file__).parents[1] / "conf" / "experiment").glob("*.yaml"))
 
 
+# The references' configs: crop, epochs, lr, head multiplier, labeled criterion (and min_kept).
+REFERENCE = {
+    "pascal": (321, 80, 0.001, 10.0, "ce"),  # UniMatch configs/pascal.yaml
+    "cityscapes": (801, 240, 0.005, 1.0, "ohem"),  # UniMatch configs/cityscapes.yaml (min_kept 200000)
+    "coco": (513, 30, 0.004, 10.0, "ce"),
+    "daw_pascal": (513, 80, 0.001, 10.0, "ce"),  # DAW configs/pascal.yaml: UniMatch's with crop 513
+    "dssn_pascal": (513, 100, 0.002, 10.0, "ce"),  # DSSN voc/configs/pascal.yaml
+    "dssn_cityscapes": (801, 240, 0.005, 1.0, "ohem"),  # DSSN city/configs/cityscapes.yaml (min_kept 100000)
+}
+
+
 @pytest.mark.parametrize("name", EXPERIMENTS)
 def test_every_preset_composes_to_the_published_setting(name):
     from omegaconf import OmegaConf
@@ -102,12 +120,21 @@ def test_every_preset_composes_to_the_published_setting(name):
     assert cfg.method.name == method and cfg.dataset.name == dataset.removesuffix("_blended")
     assert cfg.trainer.strategy == "ddp" and cfg.trainer.devices == 4 and cfg.data.batch_size == 2
     assert cfg.backbone.name == "resnet101" and cfg.model.name == "deeplabv3plus"
-    expected_crop = {"pascal": 513 if method == "daw" else 321, "cityscapes": 801, "coco": 513}
-    assert cfg.dataset.crop_size == expected_crop[cfg.dataset.name]
+    setting = REFERENCE.get(f"{method}_{cfg.dataset.name}", REFERENCE[cfg.dataset.name])
+    criterion = cfg.dataset.criterion
+    assert (cfg.dataset.crop_size, cfg.dataset.epochs, cfg.optim.lr, cfg.optim.lr_multiplier, criterion.name) == setting
+    if criterion.name == "ohem":
+        assert criterion.min_kept == (100_000 if method == "dssn" else 200_000)
     expected_split = {"pascal": "1464", "cityscapes": "1_16", "coco": "1_512"}[cfg.dataset.name]
     assert str(cfg.split) == ("1_16" if dataset.endswith("blended") else expected_split)
-    if method != "daw":
+    if method in ("fixmatch", "unimatch"):
         assert cfg.method.conf_thresh == (0.0 if cfg.dataset.name == "cityscapes" else 0.95)
+    if method == "dssn":  # class-aware selection and the extra strong ops on Pascal; τ = 0 and warm-up on Cityscapes
+        pascal = cfg.dataset.name == "pascal"
+        assert cfg.method.selection == ("class_aware" if pascal else "threshold")
+        assert cfg.data.strong_aug.extra_ops == (3 if pascal else 0)
+        assert cfg.method.teacher.copy_epochs == (0 if pascal else 5)
+        assert pascal or cfg.method.conf_thresh == 0.0
 
 
 def test_preset_split_can_be_overridden():

@@ -1,0 +1,112 @@
+"""DSSN: Dual-level Siamese Structure Network (ACM MM'23, kunzhan/DSSN), on the weak-to-strong
+machinery (specs §1).
+
+1. The teacher labels the partners' weak view; CutMix of both strong views.
+2. Student: one pass on [labeled ‖ weak] decoded clean and with two feature-perturbed copies (each its
+   own Dropout2d(0.5) masks on c1 and c4), one pass on [strong1 ‖ strong2].
+3. Pseudo-labels: the teacher's on the weak view, the partners' inside each box, for the strong views;
+   the student's own weak view for its two perturbed views.
+4. Pixel selection, class-aware (Pascal): per image and class, the pixels above 0.96 × that class's
+   best confidence in the image, for the classes whose best exceeds 0.92 (computed on the mixed
+   teacher targets for the strong views); or a fixed τ (Cityscapes: 0, every pixel).
+5. loss = (L_x + 0.25 (L_s1 + L_s2 + L_fp1 + L_fp2) + 0.01 (L_mse_img + L_mse_feat)) / 2, where L_s and
+   L_fp are masked cross-entropies normalised by the non-padded pixels, L_mse_img the MSE between the
+   per-pixel standardised logits of the two strong views and L_mse_feat that of the two perturbed views
+   (the paper's "pixel-wise contrastive" terms: no negatives, every pixel). L_s1 and L_s2 are dropped
+   while the teacher is a copy of the student (the very first step; the 5 warm-up epochs on Cityscapes).
+6. The teacher follows the student: EMA 0.996 over parameters and BN buffers, a copy at the first step
+   (and through the warm-up). Student and teacher are both validated; the better one counts.
+
+Differences from the released code (and what sslseg does):
+  * CutMix partners are other images. The release zips one loader with itself, so the "mix" batch is
+    the same images under another crop (specs Q3), as in UniMatch.
+  * Teacher BN mode: the release never sets the teacher's mode, so it runs in train mode (batch
+    statistics, and its running statistics move) during epoch 0, and in eval mode from the first
+    evaluation on. sslseg reproduces that by default (method.teacher.train_mode_epochs: 1); 0 gives a
+    teacher in eval mode throughout.
+  * The teacher starts as a copy of the student (the release builds it with its own random head and
+    copies at the first step; both give teacher = student after step 0, and L_s is dropped there).
+    Integer BN counters follow the student instead of being averaged.
+  * Unused release config keys: `conf_thresh` and `beta` on Pascal (class-aware selection and a
+    hard-coded 0.996 replace them).
+  * The Pascal release applies 1–3 extra photometric ops per strong view: here
+    data.strong_aug.extra_ops (the dssn_pascal presets set it).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from sslseg.errors import UserError
+from sslseg.losses import masked_cross_entropy, selected_share, standardized_mse
+from sslseg.methods.selection import above_threshold, class_aware
+from sslseg.methods.weak_to_strong import Targets, WeakToStrong
+
+SELECTIONS = ("class_aware", "threshold")
+
+
+class DSSN(WeakToStrong):
+    def __init__(self, cfg, load_pretrained: bool = True):
+        super().__init__(cfg, load_pretrained)
+        if self.teacher is None:
+            raise UserError("method=dssn needs a method.teacher section")
+        if self.cfg.method.selection not in SELECTIONS:
+            raise UserError(f"method.selection must be one of {list(SELECTIONS)}, got {self.cfg.method.selection!r}")
+
+    def select(self, targets: Targets) -> torch.Tensor:
+        m = self.cfg.method
+        if m.selection == "threshold":
+            return above_threshold(targets.conf, float(m.conf_thresh))
+        return class_aware(targets.label, targets.conf, self.num_classes, m.class_aware.ratio,
+                           m.class_aware.min_confidence)
+
+    @torch.no_grad()
+    def teacher_probs(self, weak: torch.Tensor) -> torch.Tensor:
+        return self.teacher(self.normalize(weak)).logits.float().softmax(1)
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        x, y = batch["labeled"]["image"], batch["labeled"]["mask"]
+        u = batch["unlabeled"]
+
+        # 1. The teacher labels the partners; CutMix of both strong views.
+        partners = self.partners(batch, self.teacher_probs)
+        strong1, strong2 = self.strong_views(u, partners)
+
+        # 2. Student: [labeled ‖ weak] clean and with two feature perturbations; [strong1 ‖ strong2].
+        pred_x, pred_w, (pred_fp1, pred_fp2) = self.forward_weak(x, u["weak"], perturb=2)
+        pred_s1, pred_s2 = self.forward_strong(strong1, strong2)
+
+        # 3. Pseudo-labels: the student's weak view for the perturbed views, the teacher's (and the
+        #    partners' inside each box) for the strong views.
+        student = self.targets(pred_w.detach().float().softmax(1), u["ignore"])
+        probs_t = self.teacher_probs(u["weak"])
+        self.complete_partners(partners, probs_t)
+        teacher = self.targets(probs_t, u["ignore"])
+        partner = self.targets(partners.probs, partners.ignore)
+        target1, target2 = teacher.mixed(partner, u["box1"]), teacher.mixed(partner, u["box2"])
+
+        # 4-5. Selection and losses.
+        selected = self.select(student)
+        terms = self.losses(pred_s1, pred_s2, pred_fp1, pred_fp2, student, selected, target1, target2)
+        terms["x"] = self.criterion_l(pred_x, y)
+        w = self.cfg.method.loss_weights
+        strong_on = 0.0 if self.teacher.copying(self.train_steps, self.current_epoch) else 1.0
+        loss = (w.x * terms["x"] + strong_on * (w.s1 * terms["s1"] + w.s2 * terms["s2"])
+                + w.fp * (terms["fp1"] + terms["fp2"]) + w.mse * (terms["mse_img"] + terms["mse_feat"])) / 2
+        self.log_dict({"train/loss": loss} | {f"train/loss_{name}": value for name, value in terms.items()}
+                      | {"train/mask_ratio": selected_share(selected, student.ignore)})
+        return loss
+
+    def losses(self, pred_s1, pred_s2, pred_fp1, pred_fp2, student: Targets, selected_student: torch.Tensor,
+               target1: Targets, target2: Targets) -> dict[str, torch.Tensor]:
+        """The unsupervised terms: each strong view against its mixed teacher targets, each perturbed
+        view against the student's weak targets (pixels `selected_student`), and the standardised MSE
+        within each pair."""
+        return {
+            "s1": masked_cross_entropy(pred_s1, target1.label, self.select(target1), target1.ignore),
+            "s2": masked_cross_entropy(pred_s2, target2.label, self.select(target2), target2.ignore),
+            "fp1": masked_cross_entropy(pred_fp1, student.label, selected_student, student.ignore),
+            "fp2": masked_cross_entropy(pred_fp2, student.label, selected_student, student.ignore),
+            "mse_img": standardized_mse(pred_s1, pred_s2),
+            "mse_feat": standardized_mse(pred_fp1, pred_fp2),
+        }
