@@ -20,12 +20,17 @@ def test_poly_schedule_and_head_multiplier():
     assert len(backbone["params"]) + len(head["params"]) == len(trainable)
     assert backbone["weight_decay"] == 1e-4 and backbone["momentum"] == 0.9
     lrs = []
-    for _ in range(51):
+    for _ in range(100):
         lrs.append((backbone["lr"], head["lr"]))
         optimizer.step()
         schedule.step()
-    assert lrs[0] == pytest.approx((0.01, 0.1))  # step 0 uses the base lr
-    assert lrs[50] == pytest.approx((0.01 * 0.5**0.9, 0.1 * 0.5**0.9))  # (1 - 50/100)^0.9
+    # The references (UniMatch, DSSN, DAW) set lr·(1 - i/T)^0.9 after the optimizer step of iteration i,
+    # so iteration k ≥ 1 runs at lr·(1 - (k-1)/T)^0.9 and iterations 0 and 1 both at the base lr.
+    reference = [0.01] + [0.01 * (1 - i / 100) ** 0.9 for i in range(99)]
+    for k in (0, 1, 2, 50, 99):
+        assert lrs[k] == pytest.approx((reference[k], 10 * reference[k])), k
+    assert lrs[1] == pytest.approx((0.01, 0.1)) and lrs[2] == pytest.approx((0.01 * 0.99**0.9, 0.1 * 0.99**0.9))
+    assert lrs[99][0] == pytest.approx(0.01 * 0.02**0.9)  # the last iteration: (1 - 98/100)^0.9
 
 
 def test_normalize_matches_imagenet_statistics():

@@ -143,8 +143,11 @@ class SemiSegModule(pl.LightningModule):
         )
         total = max(1, int(self.trainer.estimated_stepping_batches))
         power = float(optim.poly_power)
-        # Poly decay per iteration: step i uses lr (1 - i/total)^power (step 0 uses the base lr).
-        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda i: (1 - min(i, total) / total) ** power)
+        # Poly decay per iteration, stepped as the references: they set the new lr after the optimizer
+        # step of iteration i from i, so iterations 0 and 1 use the base lr and iteration i ≥ 1 uses
+        # lr (1 - (i-1)/total)^power.
+        schedule = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda i: (1 - min(max(i - 1, 0), total) / total) ** power)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
 
     # -- validation ------------------------------------------------------------------------------
