@@ -8,6 +8,7 @@ from omegaconf import OmegaConf
 from PIL import Image
 
 from sslseg.data.datamodule import SemiSegDataModule, ShardedEvalSampler
+from sslseg.data.datasets import EpochSampler
 from sslseg.data.splits import read_split_file
 from sslseg.data.toy import CLASS_NAMES, LABELED_SPLITS, NUM_TRAIN, NUM_VAL, ensure_toy_dataset, render
 from sslseg.errors import UserError
@@ -75,12 +76,50 @@ def test_labeled_list_is_repeated_to_the_unlabeled_length(data_dir):
 
 
 def test_mix_stream_draws_other_images(data_dir):
-    cfg = compose_cfg([f"paths.data_dir={data_dir}", "split=16"])
+    cfg = compose_cfg([f"paths.data_dir={data_dir}", "split=16", "data.num_workers=0"])
     dm = _datamodule(cfg, ("labeled", "unlabeled", "mix"))
     dm.setup("fit")
-    order = dm.train_sets["mix"].order
-    assert sorted(order) == list(range(len(order)))  # a permutation ...
-    assert np.mean(np.array(order) == np.arange(len(order))) < 0.01  # ... that rarely maps i to itself
+    samplers = dm.train_dataloader().iterables
+    unlabeled, mix = samplers["unlabeled"].sampler.order(0), samplers["mix"].sampler.order(0)
+    assert sorted(mix) == sorted(unlabeled) == list(range(NUM_TRAIN - 16))  # both streams cover the list ...
+    assert np.mean(unlabeled == mix) < 0.01  # ... pairing each image with another one
+
+
+def test_epoch_sampler_shards_without_duplicates_and_reshuffles_every_epoch():
+    ranks = [EpochSampler(10, (0, 1), rank, world_size=3) for rank in range(3)]
+    keys = [list(sampler) for sampler in ranks]
+    assert [len(k) for k in keys] == [3, 3, 3] == [len(s) for s in ranks]  # 10 cut to 9, 3 per rank
+    indices = [i for k in keys for _, i in k]
+    assert len(set(indices)) == 9 and all(epoch == 0 for k in keys for epoch, _ in k)
+    assert list(EpochSampler(10, (0, 1), 0, 3)) == keys[0]  # reproducible
+    ranks[0].set_epoch(1)
+    assert [e for e, _ in ranks[0]] == [1, 1, 1] and list(ranks[0].order(1)) != list(ranks[0].order(0))
+
+
+def test_batches_do_not_depend_on_the_workers(data_dir):
+    batches = []
+    for workers in (0, 2):
+        cfg = compose_cfg([f"paths.data_dir={data_dir}", "split=16", f"data.num_workers={workers}"])
+        dm = _datamodule(cfg, ("labeled", "unlabeled"))
+        dm.setup("fit")
+        loader = dm.train_dataloader()
+        it = iter(loader)
+        batches.append([next(it)[0] for _ in range(3)])
+    for a, b in zip(*batches):
+        for stream in a:
+            for key in a[stream]:
+                assert torch.equal(a[stream][key], b[stream][key]), (stream, key)
+
+
+def test_an_item_is_a_function_of_epoch_and_index(data_dir):
+    cfg = compose_cfg([f"paths.data_dir={data_dir}", "split=16"])
+    dm = _datamodule(cfg, ("labeled", "unlabeled"))
+    dm.setup("fit")
+    unlabeled = dm.train_sets["unlabeled"]
+    first, again, next_epoch = unlabeled[(0, 5)], unlabeled[(0, 5)], unlabeled[(1, 5)]
+    assert all(torch.equal(first[k], again[k]) for k in first)
+    assert not torch.equal(first["weak"], next_epoch["weak"])
+    assert not torch.equal(first["strong1"], first["strong2"])  # two strong views of one crop
 
 
 @pytest.mark.parametrize("world,size", [(2, 7), (3, 10), (4, 3)])

@@ -60,7 +60,7 @@ def test_dataset_configs_carry_published_defaults(dataset, crop, classes, lr, mu
     # UniMatch's strong view on every real dataset.
     assert OmegaConf.to_container(cfg.data.strong_aug) == {
         "jitter_p": 0.8, "brightness": 0.5, "contrast": 0.5, "saturation": 0.5, "hue": 0.25,
-        "grayscale_p": 0.2, "blur_p": 0.5, "blur_sigma": [0.1, 2.0]}
+        "grayscale_p": 0.2, "blur_p": 0.5, "blur_sigma": [0.1, 2.0], "extra_ops": 0}
 
 
 def test_toy_strong_view_keeps_the_hue_class_cue():

@@ -23,8 +23,8 @@ def _write_pair(root, h, w, seed=0):
 def test_labeled_crop_keeps_image_and_mask_aligned(tmp_path):
     sample = _write_pair(tmp_path, 64, 96)
     ds = LabeledDataset(tmp_path, [sample], num_classes=5, crop_size=48, scale_range=(0.5, 2.0), seed=3)
-    for _ in range(10):
-        out = ds[0]
+    for epoch in range(10):
+        out = ds[(epoch, 0)]
         image, mask = out["image"].numpy(), out["mask"].numpy()
         # Interior pixels (one label in the 3x3 neighbourhood): the bilinear image value rounds to the
         # nearest-neighbour mask label (a one-pixel shift would be off by a whole label step).
@@ -155,8 +155,8 @@ def test_labeled_flip_does_not_follow_the_scale(tmp_path):
     ds = LabeledDataset(tmp_path, [Sample("a.png", "m.png")], num_classes=2, crop_size=32, scale_range=(0.5, 2.0),
                         length=1, seed=0)
     padded_flips, padded = 0, 0
-    for _ in range(1000):
-        out = ds[0]
+    for epoch in range(1000):
+        out = ds[(epoch, 0)]
         image, mask = out["image"].numpy()[0], out["mask"].numpy()
         if (mask == 255).any():
             row = image[0][mask[0] == 0].astype(int)

@@ -1,13 +1,14 @@
 """SemiSegDataModule: one DataModule for every method and dataset.
 
-Training streams (what a method asks for through its `streams` attribute):
+Training streams (what a method asks for through its `data_streams`):
   labeled    LabeledDataset, the labeled list repeated to the unlabeled length;
   unlabeled  UnlabeledDataset (weak, strong1, strong2, ignore, box1, box2);
-  mix        a second unlabeled stream for UniMatch's CutMix partners. It draws *other* images
-             than `unlabeled` (a fixed permutation of the same list): the reference zips two
-             loaders with identical samplers and so mixes each image with itself (specs §0).
+  mix        a second unlabeled stream for the CutMix partners. Its own shuffle draws *other*
+             images than `unlabeled` at each position: the reference zips two loaders with
+             identical samplers and so mixes each image with itself (specs §0).
 All streams have the same length, so one epoch = one pass over the unlabeled list, and they are
-zipped by Lightning's CombinedLoader. Under DDP Lightning gives each stream a DistributedSampler.
+zipped by Lightning's CombinedLoader. Each stream has its own seeds (shuffle and augmentation), and
+its `EpochSampler` shards it across DDP ranks (Lightning's sampler replacement is off).
 """
 
 from __future__ import annotations
@@ -15,31 +16,17 @@ from __future__ import annotations
 from pathlib import Path
 
 import lightning.pytorch as pl
-import numpy as np
-import torch
 from lightning.pytorch.accelerators import CUDAAccelerator
 from lightning.pytorch.utilities.combined_loader import CombinedLoader
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
-from sslseg.data.datasets import EvalDataset, LabeledDataset, UnlabeledDataset, seed_worker
+from sslseg.data.datasets import EpochSampler, EvalDataset, LabeledDataset, UnlabeledDataset, seed_worker
 from sslseg.data.splits import check_files_exist, read_split_file, split_files
 from sslseg.data.toy import ensure_toy_dataset
 from sslseg.errors import UserError
 
-
-class Permuted(Dataset):
-    """`dataset` read in a fixed random order (the `mix` stream)."""
-
-    def __init__(self, dataset: Dataset, seed: int):
-        self.dataset = dataset
-        self.order = np.random.default_rng(seed).permutation(len(dataset)).tolist()
-
-    def __len__(self) -> int:
-        return len(self.order)
-
-    def __getitem__(self, i: int):
-        return self.dataset[self.order[i]]
+STREAM_IDS = {"labeled": 0, "unlabeled": 1, "mix": 2}  # each stream's own seeds: (seed, id)
 
 
 class ShardedEvalSampler(DistributedSampler):
@@ -111,15 +98,14 @@ class SemiSegDataModule(pl.LightningDataModule):
         epoch_length = len(unlabeled)
         if epoch_length < self.data_cfg.batch_size:
             raise UserError(f"{files.unlabeled} has {epoch_length} images, fewer than data.batch_size")
+        seed = lambda name: (self.seed, STREAM_IDS[name])
         self.train_sets["labeled"] = LabeledDataset(self.root, labeled, num_classes, crop, scales,
-                                                    length=epoch_length, seed=self.seed)
+                                                    length=epoch_length, seed=seed("labeled"))
         strong_aug = OmegaConf.to_container(self.data_cfg.strong_aug)
-        if "unlabeled" in self.streams or "mix" in self.streams:
-            self.train_sets["unlabeled"] = UnlabeledDataset(self.root, unlabeled, crop, scales, seed=self.seed + 1,
-                                                            strong_aug=strong_aug)
-        if "mix" in self.streams:
-            self.train_sets["mix"] = Permuted(UnlabeledDataset(self.root, unlabeled, crop, scales, seed=self.seed + 2,
-                                                               strong_aug=strong_aug), seed=self.seed + 3)
+        for name in ("unlabeled", "mix"):
+            if name in self.streams:
+                self.train_sets[name] = UnlabeledDataset(self.root, unlabeled, crop, scales, seed=seed(name),
+                                                         strong_aug=strong_aug)
 
     # -- loaders ----------------------------------------------------------------------------------
     def _loader_kwargs(self) -> dict:
@@ -132,10 +118,12 @@ class SemiSegDataModule(pl.LightningDataModule):
                     prefetch_factor=4 if workers > 0 else None)
 
     def train_dataloader(self):
-        generator = torch.Generator().manual_seed(self.seed)
+        rank, world = (self.trainer.global_rank, self.trainer.world_size) if self.trainer is not None else (0, 1)
         loaders = {
-            name: DataLoader(self.train_sets[name], batch_size=int(self.data_cfg.batch_size), shuffle=True,
-                             drop_last=True, generator=generator, **self._loader_kwargs())
+            name: DataLoader(self.train_sets[name], batch_size=int(self.data_cfg.batch_size), drop_last=True,
+                             sampler=EpochSampler(len(self.train_sets[name]), (self.seed, STREAM_IDS[name]), rank,
+                                                  world),
+                             **self._loader_kwargs())
             for name in self.streams
         }
         return CombinedLoader(loaders, mode="min_size")

@@ -1,8 +1,11 @@
 """Labeled, unlabeled and evaluation datasets over split lists.
 
-Each returns uint8 image tensors (3, H, W); masks are int64 with 255 = ignore. Random state
-(albumentations and the CutMix boxes) is reseeded per DataLoader worker by `seed_worker`, so
-workers never repeat each other's augmentations and runs are reproducible for a fixed seed.
+Each returns uint8 image tensors (3, H, W); masks are int64 with 255 = ignore. The training datasets
+are indexed by (epoch, index) keys (`EpochSampler`): item i of epoch e draws all its randomness
+(albumentations, CutMix boxes) from a generator seeded by (dataset seed, e, i). A batch therefore
+does not depend on which worker loads it, on the number of workers or on what was loaded before:
+runs are reproducible for a fixed seed, and a run resumed at any step sees the same data. A plain
+integer index means epoch 0.
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, Sampler
 
 from sslseg.data.io import read_image, read_mask
 from sslseg.data.splits import Sample
@@ -23,16 +26,22 @@ def _to_chw(image: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))
 
 
+Key = int | tuple[int, int]
+
+
 class _Augmented(Dataset):
-    def __init__(self, root: str | Path, samples: list[Sample], seed: int = 0):
+    def __init__(self, root: str | Path, samples: list[Sample], seed: int | tuple[int, ...] = 0):
         self.root = Path(root)
         self.samples = samples
-        self.reseed(seed)
+        self.seed = tuple(seed) if isinstance(seed, tuple | list) else (int(seed),)
 
-    def reseed(self, seed: int) -> None:
-        self.rng = np.random.default_rng(seed)
+    def _start(self, key: Key) -> tuple[int, np.random.Generator]:
+        """(index, the item's generator), with every augmentation pipeline seeded from it."""
+        epoch, index = key if isinstance(key, tuple) else (0, key)
+        rng = np.random.default_rng((*self.seed, int(epoch), int(index)))
         for pipeline in self._pipelines():
-            seed_transforms(pipeline, self.rng)
+            seed_transforms(pipeline, rng)
+        return int(index), rng
 
     def _pipelines(self):
         return []
@@ -57,7 +66,8 @@ class LabeledDataset(_Augmented):
     def __len__(self) -> int:
         return self.length
 
-    def __getitem__(self, i: int) -> dict:
+    def __getitem__(self, key: Key) -> dict:
+        i, _ = self._start(key)
         sample = self.samples[self.index[i]]
         image = read_image(self.root / sample.image)
         mask = read_mask(self.root / sample.mask, self.num_classes)
@@ -83,7 +93,8 @@ class UnlabeledDataset(_Augmented):
     def __len__(self) -> int:
         return len(self.samples)
 
-    def __getitem__(self, i: int) -> dict:
+    def __getitem__(self, key: Key) -> dict:
+        i, rng = self._start(key)
         image = read_image(self.root / self.samples[i].image)
         valid = np.zeros(image.shape[:2], dtype=np.uint8)  # becomes 255 where the crop is padding
         weak = self.geometric(image=image, mask=valid)
@@ -94,8 +105,8 @@ class UnlabeledDataset(_Augmented):
             "strong1": _to_chw(strong1),
             "strong2": _to_chw(strong2),
             "ignore": torch.from_numpy(weak["mask"]).long(),
-            "box1": torch.from_numpy(cutmix_box(self.crop_size, self.rng)),
-            "box2": torch.from_numpy(cutmix_box(self.crop_size, self.rng)),
+            "box1": torch.from_numpy(cutmix_box(self.crop_size, rng)),
+            "box2": torch.from_numpy(cutmix_box(self.crop_size, rng)),
         }
 
 
@@ -117,10 +128,32 @@ class EvalDataset(Dataset):
         return {"image": _to_chw(image), "mask": torch.from_numpy(mask).long(), "index": i}
 
 
+class EpochSampler(Sampler):
+    """(epoch, index) keys of one training stream on one rank. Each epoch is a permutation of the
+    dataset seeded by (seed, epoch), cut to a multiple of the world size and dealt out by rank (rank r
+    takes positions r, r+W, ...): every rank gets the same number of samples and none twice. Lightning
+    calls `set_epoch` before each epoch."""
+
+    def __init__(self, length: int, seed: tuple[int, ...], rank: int = 0, world_size: int = 1):
+        self.length, self.seed, self.rank, self.world_size = length, tuple(seed), rank, world_size
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def order(self, epoch: int) -> np.ndarray:
+        """The dataset indices this rank reads in `epoch`."""
+        permutation = np.random.default_rng((*self.seed, epoch)).permutation(self.length)
+        return permutation[: len(self) * self.world_size][self.rank :: self.world_size]
+
+    def __iter__(self):
+        return iter([(self.epoch, int(i)) for i in self.order(self.epoch)])
+
+    def __len__(self) -> int:
+        return self.length // self.world_size
+
+
 def seed_worker(worker_id: int) -> None:
-    """DataLoader worker_init_fn: a distinct, reproducible augmentation stream per worker."""
-    info = torch.utils.data.get_worker_info()
-    seed = torch.initial_seed() % 2**32  # torch derives it from the loader's base seed + worker id
-    np.random.seed(seed)
-    if isinstance(info.dataset, _Augmented):
-        info.dataset.reseed(seed)
+    """DataLoader worker_init_fn: NumPy's global generator per worker, for any code that uses it
+    (the datasets draw from their own per-item generators)."""
+    np.random.seed(torch.initial_seed() % 2**32)  # torch derives it from the loader's base seed + worker id
