@@ -8,11 +8,11 @@ reference does (black padding), so normalising later gives identical tensors.
 from __future__ import annotations
 
 import math
+import random
 
 import albumentations as A
 import cv2
 import numpy as np
-from albumentations.core.composition import BaseCompose
 
 IGNORE_INDEX = 255
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -116,15 +116,12 @@ def extra_photometric_ops() -> list:
 
 
 def seed_transforms(transform, rng: np.random.Generator) -> None:
-    """Give every transform of an albumentations pipeline its own random stream, drawn from `rng`.
+    """Make every transform of an albumentations pipeline draw from one stream seeded from `rng`.
 
-    `Compose.set_random_seed` hands the *same* seed to every child, so the children draw identical
-    numbers: the scale, the crop position and the flip of the geometric view would all follow one
-    uniform draw, and grayscale would only ever come with blur and jitter."""
-    transform.set_random_seed(int(rng.integers(2**31)))
-    if isinstance(transform, BaseCompose):
-        for child in transform.transforms:
-            seed_transforms(child, rng)
+    One shared pair of generators, drawn from in turn: `Compose.set_random_seed` instead gives each
+    child its own generator with the *same* seed, so the children draw identical numbers (the scale,
+    the crop position and the flip of the geometric view would all follow one uniform draw)."""
+    transform.set_random_state(np.random.default_rng(rng.integers(2**63)), random.Random(int(rng.integers(2**63))))
 
 
 def cutmix_box(size: int, rng: np.random.Generator, p: float = 0.5, area_range=(0.02, 0.4),
