@@ -177,7 +177,11 @@ def ensure_toy_dataset(root: str | Path, seed: int = 0) -> Path:
     write_split_file(tmp / "splits" / "val.txt", val)
     (tmp / "VERSION").write_text(VERSION + "\n")
 
-    if root.exists():
+    if marker.is_file() and marker.read_text().strip() == VERSION:
+        # Another process (a second run started at the same time) finished first: its copy is in use.
+        shutil.rmtree(tmp, ignore_errors=True)
+        return root
+    if root.exists():  # an older version of the toy set
         shutil.rmtree(root)
     root.parent.mkdir(parents=True, exist_ok=True)
     try:
