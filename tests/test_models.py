@@ -82,19 +82,22 @@ def test_each_perturbed_copy_has_its_own_dropout_masks():
     assert fp1.shape == fp2.shape == out.logits.shape and not torch.allclose(fp1, fp2)
 
 
-def test_fused_feature_hook_replaces_the_fused_feature():
+def test_decoder_parts_compose_to_the_forward_pass():
     b, m = _cfgs("tiny", "deeplabv3plus_tiny")
     net = build_segmentor(b, m, num_classes=6).eval()
-    seen = {}
-
-    def hook(fused):
-        seen["shape"] = tuple(fused.shape)
-        return torch.zeros_like(fused)
-
-    out = net(torch.randn(1, 3, 32, 32), fused_hook=hook)
-    assert seen["shape"] == (1, 16 + 64, 8, 8)  # low-level 16 + ASPP 512/8
-    # All-zero fused input: every pixel gets the same logits.
-    assert torch.allclose(out.logits, out.logits[:, :, :1, :1].expand_as(out.logits), atol=1e-5)
+    x = torch.randn(1, 3, 32, 32)
+    c1, c4 = net.encode(x)
+    fused = net.decoder.fused_features(c1, c4)
+    assert tuple(fused.shape) == (1, 16 + 64, 8, 8)  # low-level 16 + ASPP 512/8, at stride 4
+    logits, features = net.decoder.classify(fused)
+    out = net(x)
+    torch.testing.assert_close(out.logits, torch.nn.functional.interpolate(
+        logits, size=(32, 32), mode="bilinear", align_corners=True))
+    torch.testing.assert_close(out.features, features)
+    assert out.aux is None
+    # An all-zero fused feature: every pixel gets the same logits.
+    flat, _ = net.decoder.classify(torch.zeros_like(fused))
+    assert torch.allclose(flat, flat[:, :, :1, :1].expand_as(flat), atol=1e-5)
 
 
 def _key_file_state(depth: int) -> dict[str, torch.Tensor]:

@@ -65,6 +65,14 @@ class SemiSegModule(pl.LightningModule):
         self._val_examples: list[tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]] = []
 
     # -- helpers used by the methods -----------------------------------------------------------
+    def supervised_loss(self, out, target: torch.Tensor) -> torch.Tensor:
+        """The labeled criterion on the logits, plus `model.aux_weight` x the same on the decoder's
+        auxiliary logits when it has them (PSPNet: 0.4)."""
+        loss = self.criterion_l(out.logits, target)
+        if out.aux is not None:
+            loss = loss + float(self.cfg.model.get("aux_weight", 0.0)) * self.criterion_l(out.aux, target)
+        return loss
+
     def normalize(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 (B, 3, H, W) -> ImageNet-normalised float, channels_last when enabled."""
         x = (images.float() - self.pixel_mean) / self.pixel_std

@@ -8,7 +8,6 @@ from sslseg.methods.base import SemiSegModule
 class Supervised(SemiSegModule):
     def training_step(self, batch: dict, batch_idx: int):
         labeled = batch["labeled"]
-        logits = self.model(self.normalize(labeled["image"])).logits
-        loss = self.criterion_l(logits, labeled["mask"])
+        loss = self.supervised_loss(self.model(self.normalize(labeled["image"])), labeled["mask"])
         self.log("train/loss", loss)  # no prog_bar: that would sync with the GPU every step
         return loss

@@ -2,17 +2,17 @@
 
 ASPP on c4 (1x1, three dilated 3x3, image pooling; no dropout) -> 1x1 project; upsample to c1;
 `reduce` c1 to 48 channels; `fuse` = cat(reduce, aspp) (304-d for ResNet) -> two 3x3 convs (256-d);
-`classifier` 1x1. Split into `fused_features` and `classify` so that a method can replace the
-304-d fused feature (DDFP's flow-guided perturbation) between the two.
+`classifier` 1x1. Split into `fused_features` and `classify` so that a method can work on the
+304-d fused feature between the two.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from sslseg.models.segmentor import DecoderOutput
 
 
 def _conv_bn_relu(cin: int, cout: int, kernel: int = 1, dilation: int = 1) -> nn.Sequential:
@@ -45,6 +45,8 @@ class ASPP(nn.Module):
 
 
 class DeepLabV3Plus(nn.Module):
+    in_features = (0, 3)  # layer1 (low-level, stride 4) and layer4
+
     def __init__(self, in_channels: tuple[int, ...], num_classes: int, aspp_dilations=(6, 12, 18),
                  aspp_channels: int | None = None, low_level_channels: int = 48, decoder_channels: int = 256,
                  fp_dropout: float = 0.5):
@@ -70,12 +72,8 @@ class DeepLabV3Plus(nn.Module):
         features = self.fuse(fused)
         return self.classifier(features), features
 
-    def forward(self, c1: torch.Tensor, c4: torch.Tensor,
-                fused_hook: Callable[[torch.Tensor], torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        fused = self.fused_features(c1, c4)
-        if fused_hook is not None:
-            fused = fused_hook(fused)
-        return self.classify(fused)
+    def forward(self, c1: torch.Tensor, c4: torch.Tensor) -> DecoderOutput:
+        return DecoderOutput(*self.classify(self.fused_features(c1, c4)))
 
     def perturb(self, c1: torch.Tensor, c4: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Channel dropout on both inputs: UniMatch's feature-perturbation stream."""

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import NamedTuple
 
 import torch
@@ -14,35 +13,54 @@ from torch import nn
 from sslseg.models.pretrained import load_backbone_weights
 
 
+class DecoderOutput(NamedTuple):
+    """What a decoder returns, at its own resolution."""
+
+    logits: torch.Tensor  # (B, K, h, w)
+    features: torch.Tensor  # (B, C, h, w) the feature the classifier reads
+    aux: torch.Tensor | None = None  # auxiliary logits (PSPNet's layer3 head), in training only
+
+
 class SegOutput(NamedTuple):
     logits: torch.Tensor  # (B, K, H, W) at the input resolution
-    features: torch.Tensor  # (B, C, H/4, W/4) decoder feature before the classifier
+    features: torch.Tensor  # (B, C, h, w) decoder feature before the classifier
     logits_fp: tuple[torch.Tensor, ...] = ()  # one per feature-perturbed copy (UniMatch 1, DSSN 2)
+    aux: torch.Tensor | None = None  # auxiliary logits at the input resolution, when the decoder has them
+
+
+def upsample(logits: torch.Tensor, size) -> torch.Tensor:
+    return F.interpolate(logits, size=size, mode="bilinear", align_corners=True)
 
 
 class Segmentor(nn.Module):
+    """A backbone returns its stage outputs (layer1 ... layer4); the decoder reads the stages named in
+    its `in_features` (DeepLabV3+: layer1 and layer4) and returns a `DecoderOutput`."""
+
     def __init__(self, backbone: nn.Module, decoder: nn.Module):
         super().__init__()
         self.backbone = backbone
         self.decoder = decoder
 
-    def forward(self, x: torch.Tensor, perturb: int = 0,
-                fused_hook: Callable[[torch.Tensor], torch.Tensor] | None = None) -> SegOutput:
+    def encode(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """The backbone features the decoder reads."""
+        stages = self.backbone(x)
+        return [stages[i] for i in self.decoder.in_features]
+
+    def forward(self, x: torch.Tensor, perturb: int = 0) -> SegOutput:
         """`perturb=n` also decodes n feature-perturbed copies of the backbone features (each with its
-        own channel-dropout masks on c1 and c4), in the same decoder batch as the clean features, so
-        that BN sees them together, as the references. `fused_hook` may replace the fused 304-d
-        feature before the decoder convs."""
-        c1, _, _, c4 = self.backbone(x)
+        own perturbation, `decoder.perturb`), in the same decoder batch as the clean features, so
+        that BN sees them together, as the references."""
+        inputs = self.encode(x)
         size = x.shape[-2:]
         if perturb:
-            copies = [self.decoder.perturb(c1, c4) for _ in range(perturb)]
-            logits, features = self.decoder(torch.cat([c1, *(d1 for d1, _ in copies)]),
-                                            torch.cat([c4, *(d4 for _, d4 in copies)]), fused_hook)
-            logits = F.interpolate(logits, size=size, mode="bilinear", align_corners=True)
-            clean, *perturbed = logits.chunk(perturb + 1)
-            return SegOutput(clean, features.chunk(perturb + 1)[0], tuple(perturbed))
-        logits, features = self.decoder(c1, c4, fused_hook)
-        return SegOutput(F.interpolate(logits, size=size, mode="bilinear", align_corners=True), features)
+            copies = [self.decoder.perturb(*inputs) for _ in range(perturb)]
+            out = self.decoder(*(torch.cat([f, *(c[k] for c in copies)]) for k, f in enumerate(inputs)))
+            clean, *perturbed = upsample(out.logits, size).chunk(perturb + 1)
+            aux = None if out.aux is None else upsample(out.aux.chunk(perturb + 1)[0], size)
+            return SegOutput(clean, out.features.chunk(perturb + 1)[0], tuple(perturbed), aux)
+        out = self.decoder(*inputs)
+        return SegOutput(upsample(out.logits, size), out.features, (),
+                         None if out.aux is None else upsample(out.aux, size))
 
     def param_groups(self) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
         """(backbone parameters, head parameters): the head gets lr x lr_multiplier."""
