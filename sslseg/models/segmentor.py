@@ -63,8 +63,10 @@ class Segmentor(nn.Module):
                          None if out.aux is None else upsample(out.aux, size))
 
     def param_groups(self) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
-        """(backbone parameters, head parameters): the head gets lr x lr_multiplier."""
-        return list(self.backbone.parameters()), list(self.decoder.parameters())
+        """(backbone parameters, head parameters) that train (frozen ones, such as DeepLabV2's BN affine
+        parameters, are left out): the head gets lr x lr_multiplier."""
+        trainable = lambda module: [p for p in module.parameters() if p.requires_grad]
+        return trainable(self.backbone), trainable(self.decoder)
 
 
 def build_segmentor(backbone_cfg: DictConfig, model_cfg: DictConfig, num_classes: int,
