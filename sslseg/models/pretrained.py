@@ -3,6 +3,15 @@
 The seed methods load `resnet{50,101}.pth` with strict=False, so a mismatch silently trains from
 random init. Here every key must match: the classifier `fc.*` is the only thing ignored; anything
 missing, unexpected or of the wrong shape is an error that names the keys.
+
+A backbone's `weights_format` says how the file names the keys; the file's names are mapped onto the
+module's before the check, and an error names the keys as the file does. Formats:
+
+- `native`: the module's own names (the seed methods' resnet{50,101}.pth for the deep stem,
+  torchvision's resnet*.pth for `stem=torchvision`).
+- `semseg`: semseg's `initmodel/resnet50_v2.pth` (PSPNet in DARS), whose deep stem is six top-level
+  modules `conv1, bn1, conv2, bn2, conv3, bn3` where DeepStemResNet has `conv1.{0,1,3,4,6}` and `bn1`;
+  `layer1-4` and `fc` are named alike.
 """
 
 from __future__ import annotations
@@ -15,6 +24,26 @@ from torch import nn
 from sslseg.errors import UserError
 
 IGNORED_PREFIXES = ("fc.",)
+
+# Top-level module of the file -> module of DeepStemResNet, per key format.
+KEY_FORMATS: dict[str, dict[str, str]] = {
+    "native": {},
+    "semseg": {"conv1": "conv1.0", "bn1": "conv1.1", "conv2": "conv1.3", "bn2": "conv1.4", "conv3": "conv1.6",
+               "bn3": "bn1"},
+}
+
+
+def _rename(key: str, modules: dict[str, str]) -> str:
+    head, _, rest = key.partition(".")
+    return f"{modules[head]}.{rest}" if head in modules and rest else key
+
+
+def _file_key(model_key: str, weights_format: str) -> str:
+    """The name a file in `weights_format` gives to the model's `model_key`."""
+    for file_module, module in KEY_FORMATS[weights_format].items():
+        if model_key.startswith(module + "."):
+            return file_module + model_key[len(module):]
+    return model_key
 
 
 def _shorten(keys: list[str], limit: int = 5) -> str:
@@ -38,19 +67,29 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     return {k.removeprefix("module."): v for k, v in state.items()}
 
 
-def load_backbone_weights(backbone: nn.Module, path: str | Path) -> None:
-    state = {k: v for k, v in read_state_dict(path).items() if not k.startswith(IGNORED_PREFIXES)}
+def load_backbone_weights(backbone: nn.Module, path: str | Path, weights_format: str | None = None) -> None:
+    """Strictly load `path` into `backbone`; `weights_format` defaults to `backbone.weights_format`
+    (else `native`)."""
+    weights_format = weights_format or getattr(backbone, "weights_format", "native")
+    if weights_format not in KEY_FORMATS:
+        raise UserError(f"unknown backbone.weights_format {weights_format!r} (one of {sorted(KEY_FORMATS)})")
+    modules = KEY_FORMATS[weights_format]
+    file_state = {k: v for k, v in read_state_dict(path).items() if not k.startswith(IGNORED_PREFIXES)}
+    state = {_rename(k, modules): v for k, v in file_state.items()}
+    named = {_rename(k, modules): k for k in file_state}  # model key -> the file's name for it
     expected = backbone.state_dict()
     # `num_batches_tracked` is bookkeeping, not a weight: tolerate files saved without it.
-    missing = sorted(k for k in expected if k not in state and not k.endswith("num_batches_tracked"))
-    unexpected = sorted(k for k in state if k not in expected)
+    missing = sorted(_file_key(k, weights_format) for k in expected
+                     if k not in state and not k.endswith("num_batches_tracked"))
+    unexpected = sorted(named[k] for k in state if k not in expected)
+    fmt = "" if weights_format == "native" else f" ({weights_format} key format)"
     if missing:
-        raise UserError(f"{path}: missing keys for backbone: {_shorten(missing)}")
+        raise UserError(f"{path}: missing keys for backbone: {_shorten(missing)}{fmt}")
     if unexpected:
-        raise UserError(f"{path}: unexpected keys for backbone: {_shorten(unexpected)}")
+        raise UserError(f"{path}: unexpected keys for backbone: {_shorten(unexpected)}{fmt}")
     wrong = sorted(k for k in state if tuple(state[k].shape) != tuple(expected[k].shape))
     if wrong:
         k = wrong[0]
-        raise UserError(f"{path}: shape mismatch for {_shorten(wrong)}: file {tuple(state[k].shape)}, "
-                        f"model {tuple(expected[k].shape)}")
+        raise UserError(f"{path}: shape mismatch for {_shorten([named[w] for w in wrong])}{fmt}: "
+                        f"file {tuple(state[k].shape)}, model {tuple(expected[k].shape)}")
     backbone.load_state_dict(state, strict=False)
