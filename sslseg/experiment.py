@@ -32,8 +32,10 @@ def method_class(cfg: DictConfig) -> type[SemiSegModule]:
     return cls
 
 
-def build_datamodule(cfg: DictConfig, streams: tuple[str, ...], split=None) -> SemiSegDataModule:
-    return SemiSegDataModule(cfg.dataset, cfg.data, cfg.paths.data_root, split, streams, int(cfg.seed))
+def build_datamodule(cfg: DictConfig, streams: tuple[str, ...], split=None,
+                     pseudo_list: Path | None = None) -> SemiSegDataModule:
+    return SemiSegDataModule(cfg.dataset, cfg.data, cfg.paths.data_root, split, streams, int(cfg.seed),
+                             pseudo_list=pseudo_list)
 
 
 def uses_gpu(trainer_cfg: DictConfig) -> bool:
@@ -100,7 +102,8 @@ def quiet_duplicate_logs() -> None:
 
 
 def train(cfg: DictConfig) -> dict | None:
-    """Fit, evaluate the best checkpoint, write results.json; returns the results (rank 0)."""
+    """Fit (or run the method's stages), evaluate the best checkpoint, write results.json; returns the
+    results (rank 0 writes them)."""
     start = time.time()
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     check_launch(cfg)
@@ -111,31 +114,52 @@ def train(cfg: DictConfig) -> dict | None:
     torch.set_float32_matmul_precision(cfg.perf.matmul_precision)
 
     cls = method_class(cfg)
-    datamodule = build_datamodule(cfg, cls.data_streams(cfg.method), split=cfg.split)
+    if cfg.method.get("stages"):
+        from sslseg.stages import run_stages
+
+        results = run_stages(cfg, cls, run_dir)
+    else:
+        results = fit(cfg, cls, run_dir, ckpt_path=cfg.ckpt_path)
+    results["wall_seconds"] = round(time.time() - start, 1)
+    _report(run_dir, results)
+    return results
+
+
+def fit(cfg: DictConfig, cls: type[SemiSegModule], out_dir: Path, ckpt_path: str | None = None,
+        streams: tuple[str, ...] | None = None, pseudo_list: Path | None = None,
+        handover: Path | None = None) -> dict:
+    """One Lightning fit into `out_dir` (checkpoints/, logs), then the best checkpoint's validation.
+    `ckpt_path` resumes this fit; `handover` starts it from another fit's checkpoint (weights and
+    optimizer momentum: an offline method's next round); `pseudo_list` feeds the pseudo stream."""
+    datamodule = build_datamodule(cfg, streams or cls.data_streams(cfg.method), split=cfg.split,
+                                  pseudo_list=pseudo_list)
     if _is_launcher_rank():  # fail on bad paths/splits before building anything expensive
         datamodule.prepare_data()
         datamodule.setup("fit")
     module = cls(cfg)
+    if handover is not None:
+        module.continue_from(handover)
 
-    logger = build_logger(cfg, run_dir)
+    logger = build_logger(cfg, out_dir)
     ckpt_cfg = cfg.callbacks.checkpoint
-    checkpoint = ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="best", monitor=ckpt_cfg.monitor,
+    checkpoint = ModelCheckpoint(dirpath=out_dir / "checkpoints", filename="best", monitor=ckpt_cfg.monitor,
                                  mode=ckpt_cfg.mode, save_last=ckpt_cfg.save_last, auto_insert_metric_name=False)
     callbacks = [checkpoint]
     if logger is not None and cfg.callbacks.lr_monitor:
         callbacks.append(LearningRateMonitor(logging_interval="step"))
     trainer = pl.Trainer(**trainer_kwargs(cfg), logger=logger or False, callbacks=callbacks,
-                         default_root_dir=str(run_dir))
+                         default_root_dir=str(out_dir))
     global_batch = int(cfg.data.batch_size) * trainer.world_size
     log_config(logger, cfg, {"global_batch_size": global_batch, "world_size": trainer.world_size,
-                             "run_dir": str(run_dir)})
+                             "run_dir": str(out_dir)})
     try:
-        trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
+        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+        steps = module.train_steps  # validate(ckpt_path=...) below restores the best checkpoint's count
         # Kept in a local: validate(ckpt_path=...) restores the callback's state from that file.
         best_path = checkpoint.best_model_path
         if module.last_val is None or not best_path:  # stopped (max_steps) before any validation
             trainer.validate(module, datamodule=datamodule, verbose=False)
-            best_path = str(run_dir / "checkpoints" / "best.ckpt")
+            best_path = str(out_dir / "checkpoints" / "best.ckpt")
             trainer.save_checkpoint(best_path)
         final = best = module.last_val
         if cfg.evaluate_best:
@@ -144,18 +168,16 @@ def train(cfg: DictConfig) -> dict | None:
     finally:
         _finish_wandb()
 
-    results = {
+    return {
         "method": cfg.method.name, "dataset": cfg.dataset.name, "split": str(cfg.split),
         "backbone": cfg.backbone.name, "decoder": cfg.model.name, "seed": int(cfg.seed),
         "best_val_mIoU": best["mIoU"], "final_val_mIoU": final["mIoU"],
         "per_class_IoU": best["per_class_IoU"],
-        "best_checkpoint": best_path, "steps": int(trainer.global_step),
-        "epochs": int(trainer.current_epoch), "wall_seconds": round(time.time() - start, 1),
+        "best_checkpoint": best_path, "steps": steps,
+        "epochs": int(trainer.current_epoch),
         "devices": trainer.world_size, "global_batch_size": global_batch,
-        "precision": str(trainer.precision), "run_dir": str(run_dir),
+        "precision": str(trainer.precision), "run_dir": str(out_dir),
     }
-    _report(run_dir, results)
-    return results
 
 
 @rank_zero_only

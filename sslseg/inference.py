@@ -9,6 +9,7 @@ the same size and windows run in batches of `window_batch`; overlaps are average
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import torch
@@ -67,3 +68,35 @@ def predict(logits_fn: Logits, image: torch.Tensor, mode: str, num_classes: int,
         return sliding_window_probs(logits_fn, image, num_classes, crop, max(1, int(crop * stride_ratio)),
                                     window_batch)
     raise ValueError(f"dataset.eval.mode must be whole, center_crop or sliding, got {mode!r}")
+
+
+def sliding_window_logits(logits_fn: Logits, image: torch.Tensor, num_classes: int, crop: int,
+                          stride: int) -> torch.Tensor:
+    """Logits (B, K, H, W) averaged over overlapping shifted windows (semseg's `scale_process`)."""
+    b, _, h, w = image.shape
+    pad_h, pad_w = max(crop - h, 0), max(crop - w, 0)
+    if pad_h or pad_w:
+        image = F.pad(image, (0, pad_w, 0, pad_h))
+    hp, wp = image.shape[-2:]
+    total = image.new_zeros((b, num_classes, hp, wp), dtype=torch.float32)
+    count = image.new_zeros((1, 1, hp, wp), dtype=torch.float32)
+    for y in _starts(hp, crop, stride):
+        for x in _starts(wp, crop, stride):
+            total[:, :, y : y + crop, x : x + crop] += logits_fn(image[:, :, y : y + crop, x : x + crop]).float()
+            count[:, :, y : y + crop, x : x + crop] += 1
+    return (total / count)[:, :, :h, :w]
+
+
+def predict_logits(logits_fn: Logits, image: torch.Tensor, mode: str, num_classes: int, crop: int,
+                   stride_ratio: float = 2 / 3, flip: bool = False) -> torch.Tensor:
+    """Logits averaged over windows (mode sliding; stride ⌈crop·ratio⌉ as semseg) and, with `flip`, over the
+    image and its horizontal mirror (DARS's pseudo-label generation)."""
+    def run(x: torch.Tensor) -> torch.Tensor:
+        if mode == "whole":
+            return logits_fn(x).float()
+        return sliding_window_logits(logits_fn, x, num_classes, crop, max(1, math.ceil(crop * stride_ratio)))
+
+    logits = run(image)
+    if flip:
+        logits = (logits + run(image.flip(3)).flip(3)) / 2
+    return logits

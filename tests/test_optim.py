@@ -38,3 +38,17 @@ def test_normalize_matches_imagenet_statistics():
     image = torch.tensor([[[[0]], [[128]], [[255]]]], dtype=torch.uint8)
     expected = torch.tensor([(0 / 255 - 0.485) / 0.229, (128 / 255 - 0.456) / 0.224, (1 - 0.406) / 0.225])
     torch.testing.assert_close(module.normalize(image).flatten(), expected)
+
+
+def test_poly_schedule_without_lag_and_continued_from_earlier_rounds():
+    # DARS (semseg): iteration k uses (1 - k/T)^0.9; a round that starts after 50 of 100 epochs of 4 steps
+    # continues the schedule: its first step runs at (1 - 200/400)^0.9.
+    cfg = compose_cfg(["method=supervised", "optim.lr=0.01", "+method.poly_lag=0", "+optim.schedule_offset_epochs=50"])
+    module = Supervised(cfg)
+    module._trainer = SimpleNamespace(estimated_stepping_batches=200, num_training_batches=4)
+    factor = module.poly_factor()
+    assert factor(0) == pytest.approx(0.5**0.9)
+    assert factor(1) == pytest.approx((1 - 201 / 400) ** 0.9)
+    assert factor(200) == 0.0
+    module.cfg.optim.schedule_offset_epochs = 0
+    assert module.poly_factor()(0) == 1.0 and module.poly_factor()(1) == pytest.approx((1 - 1 / 200) ** 0.9)

@@ -5,9 +5,12 @@ Training streams (what a method asks for through its `data_streams`):
   unlabeled  UnlabeledDataset (weak, strong1, strong2, ignore, box1, box2);
   mix        a second unlabeled stream for the CutMix partners. Its own shuffle draws *other*
              images than `unlabeled` at each position: the reference zips two loaders with
-             identical samplers and so mixes each image with itself (specs §0).
-All streams have the same length, so one epoch = one pass over the unlabeled list, and they are
-zipped by Lightning's CombinedLoader. Each stream has its own seeds (shuffle and augmentation), and
+             identical samplers and so mixes each image with itself (specs §0);
+  pseudo     images with the pseudo-labels an offline method generated (`pseudo_list`: a split
+             list whose mask paths start at the list's folder), augmented as the labeled crops.
+All streams have the same length, so one epoch = one pass over the unlabeled list (or, with
+`data.epoch_length=labeled` for a labeled-only stage, over the labeled list), and they are zipped
+by Lightning's CombinedLoader. Each stream has its own seeds (shuffle and augmentation), and
 its `EpochSampler` shards it across DDP ranks (Lightning's sampler replacement is off).
 """
 
@@ -26,7 +29,7 @@ from sslseg.data.splits import check_files_exist, read_split_file, split_files
 from sslseg.data.toy import ensure_toy_dataset
 from sslseg.errors import UserError
 
-STREAM_IDS = {"labeled": 0, "unlabeled": 1, "mix": 2}  # each stream's own seeds: (seed, id)
+STREAM_IDS = {"labeled": 0, "unlabeled": 1, "mix": 2, "pseudo": 3}  # each stream's own seeds: (seed, id)
 
 
 class ShardedEvalSampler(DistributedSampler):
@@ -48,8 +51,13 @@ class ShardedEvalSampler(DistributedSampler):
 
 class SemiSegDataModule(pl.LightningDataModule):
     def __init__(self, dataset: DictConfig, data: DictConfig, data_root: str, split: str | int | None,
-                 streams: tuple[str, ...] = ("labeled", "unlabeled"), seed: int = 0):
+                 streams: tuple[str, ...] = ("labeled", "unlabeled"), seed: int = 0,
+                 pseudo_list: str | Path | None = None):
         super().__init__()
+        unknown = set(streams) - set(STREAM_IDS)
+        if unknown:
+            raise ValueError(f"unknown data streams {sorted(unknown)}; known: {list(STREAM_IDS)}")
+        self.pseudo_list = None if pseudo_list is None else Path(pseudo_list)
         self.dataset_cfg = dataset
         self.data_cfg = data
         self.root = Path(data_root)
@@ -95,17 +103,30 @@ class SemiSegDataModule(pl.LightningDataModule):
         check_files_exist(unlabeled, self.root, files.unlabeled, with_masks=False)
 
         crop, scales = int(self.dataset_cfg.crop_size), tuple(self.dataset_cfg.scale_range)
-        epoch_length = len(unlabeled)
+        by = self.data_cfg.get("epoch_length", "unlabeled")
+        if by not in ("unlabeled", "labeled"):
+            raise UserError(f"data.epoch_length must be unlabeled or labeled, got {by!r}")
+        epoch_list, epoch_length = (files.labeled, len(labeled)) if by == "labeled" else (files.unlabeled,
+                                                                                          len(unlabeled))
         if epoch_length < self.data_cfg.batch_size:
-            raise UserError(f"{files.unlabeled} has {epoch_length} images, fewer than data.batch_size")
+            raise UserError(f"{epoch_list} has {epoch_length} images, fewer than data.batch_size")
         seed = lambda name: (self.seed, STREAM_IDS[name])
-        self.train_sets["labeled"] = LabeledDataset(self.root, labeled, num_classes, crop, scales,
-                                                    length=epoch_length, seed=seed("labeled"))
+        geometric_aug = OmegaConf.to_container(self.data_cfg.get("geometric_aug") or OmegaConf.create({}))
+        self.train_sets["labeled"] = LabeledDataset(self.root, labeled, num_classes, crop, scales, length=epoch_length,
+                                                    seed=seed("labeled"), geometric_aug=geometric_aug)
         strong_aug = OmegaConf.to_container(self.data_cfg.strong_aug)
         for name in ("unlabeled", "mix"):
             if name in self.streams:
                 self.train_sets[name] = UnlabeledDataset(self.root, unlabeled, crop, scales, seed=seed(name),
-                                                         strong_aug=strong_aug)
+                                                         strong_aug=strong_aug, geometric_aug=geometric_aug)
+        if "pseudo" in self.streams:
+            if self.pseudo_list is None:
+                raise ValueError("the pseudo stream needs a pseudo_list")
+            pseudo = read_split_file(self.pseudo_list, need_masks=True)
+            check_files_exist(pseudo, self.root, self.pseudo_list, with_masks=False)
+            self.train_sets["pseudo"] = LabeledDataset(self.root, pseudo, num_classes, crop, scales,
+                                                       seed=seed("pseudo"), mask_root=self.pseudo_list.parent,
+                                                       geometric_aug=geometric_aug)
 
     # -- loaders ----------------------------------------------------------------------------------
     def _loader_kwargs(self) -> dict:

@@ -49,12 +49,17 @@ class _Augmented(Dataset):
 
 class LabeledDataset(_Augmented):
     """Labeled crops. `length` repeats the list (UniMatch: to the unlabeled length, so that one
-    epoch is one pass over the unlabeled data)."""
+    epoch is one pass over the unlabeled data). `mask_root`: where the masks' paths start, when not
+    the images' root (pseudo-labels written into a run directory). `geometric_aug`: extra keyword
+    arguments of `geometric_transform` (rotation, blur, padding)."""
 
     def __init__(self, root, samples, num_classes: int, crop_size: int, scale_range=(0.5, 2.0),
-                 length: int | None = None, seed: int = 0):
+                 length: int | None = None, seed: int = 0, mask_root: str | Path | None = None,
+                 geometric_aug: dict | None = None):
         self.num_classes = num_classes
-        self.geometric = geometric_transform(crop_size, tuple(scale_range), mask_fill=IGNORE_INDEX)
+        self.mask_root = Path(mask_root or root)
+        self.geometric = geometric_transform(crop_size, tuple(scale_range), mask_fill=IGNORE_INDEX,
+                                             **(geometric_aug or {}))
         super().__init__(root, samples, seed)
         self.length = length or len(samples)
         repeats = math.ceil(self.length / len(samples))
@@ -70,7 +75,7 @@ class LabeledDataset(_Augmented):
         i, _ = self._start(key)
         sample = self.samples[self.index[i]]
         image = read_image(self.root / sample.image)
-        mask = read_mask(self.root / sample.mask, self.num_classes)
+        mask = read_mask(self.mask_root / sample.mask, self.num_classes)
         out = self.geometric(image=image, mask=mask)
         return {"image": _to_chw(out["image"]), "mask": torch.from_numpy(out["mask"]).long()}
 
@@ -81,9 +86,10 @@ class UnlabeledDataset(_Augmented):
     `strong_aug`: keyword arguments of `strong_transform` (default: UniMatch's strong view)."""
 
     def __init__(self, root, samples, crop_size: int, scale_range=(0.5, 2.0), seed: int = 0,
-                 strong_aug: dict | None = None):
+                 strong_aug: dict | None = None, geometric_aug: dict | None = None):
         self.crop_size = crop_size
-        self.geometric = geometric_transform(crop_size, tuple(scale_range), mask_fill=IGNORE_INDEX)
+        self.geometric = geometric_transform(crop_size, tuple(scale_range), mask_fill=IGNORE_INDEX,
+                                             **(geometric_aug or {}))
         self.strong = strong_transform(**(strong_aug or {}))
         super().__init__(root, samples, seed)
 

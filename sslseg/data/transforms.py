@@ -19,33 +19,50 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-def geometric_transform(crop_size: int, scale_range: tuple[float, float], mask_fill: int = IGNORE_INDEX):
+MEAN_COLOUR = tuple(round(255 * m) for m in IMAGENET_MEAN)  # (124, 116, 104): 0 after normalisation
+
+
+def geometric_transform(crop_size: int, scale_range: tuple[float, float], mask_fill: int = IGNORE_INDEX,
+                        rotate: float = 0.0, blur_p: float = 0.0, pad: str = "zero"):
     """Random rescale (uniform factor in scale_range, aspect kept), pad right/bottom to the crop
-    (image 0, mask `mask_fill`), random crop, horizontal flip. Applied to image and mask together."""
+    (image `pad`: 0 as UniMatch, or the mean colour as semseg/DARS; mask `mask_fill`), random crop,
+    horizontal flip. Applied to image and mask together. DARS's semseg pipeline adds, after the
+    rescale, a rotation by U(±rotate)° with p 0.5 (borders: the mean colour, mask 255) and a 5×5
+    Gaussian blur (σ from the kernel size, as cv2) with p `blur_p`."""
     low, high = scale_range
-    return A.Compose(
-        [
-            A.RandomScale(
-                scale_limit=(low - 1.0, high - 1.0),
-                interpolation=cv2.INTER_LINEAR,
-                # centre-aligned like bilinear (and PIL's NEAREST); cv2.INTER_NEAREST floors and
-                # shifts masks up to half a source pixel against their images
-                mask_interpolation=cv2.INTER_NEAREST_EXACT,
-                p=1.0,
-            ),
-            A.RandomCrop(
-                crop_size,
-                crop_size,
-                pad_if_needed=True,
-                pad_position="top_left",  # pad right/bottom only, as the reference
-                border_mode=cv2.BORDER_CONSTANT,
-                fill=0,
-                fill_mask=mask_fill,
-            ),
-            A.HorizontalFlip(p=0.5),
-        ],
-        strict=True,
-    )
+    if pad not in ("zero", "mean"):
+        raise ValueError(f"data.geometric_aug.pad must be zero or mean, got {pad!r}")
+    fill = 0 if pad == "zero" else MEAN_COLOUR
+    steps = [
+        A.RandomScale(
+            scale_limit=(low - 1.0, high - 1.0),
+            interpolation=cv2.INTER_LINEAR,
+            # centre-aligned like bilinear (and PIL's NEAREST); cv2.INTER_NEAREST floors and
+            # shifts masks up to half a source pixel against their images
+            mask_interpolation=cv2.INTER_NEAREST_EXACT,
+            p=1.0,
+        ),
+    ]
+    if rotate:
+        # warpAffine maps pixel centres alike for every interpolation, so NEAREST stays aligned here
+        steps.append(A.Rotate(limit=(-rotate, rotate), interpolation=cv2.INTER_LINEAR,
+                              mask_interpolation=cv2.INTER_NEAREST, border_mode=cv2.BORDER_CONSTANT,
+                              fill=MEAN_COLOUR, fill_mask=mask_fill, p=0.5))
+    if blur_p:
+        steps.append(FixedGaussianBlur(5, p=blur_p))
+    steps += [
+        A.RandomCrop(
+            crop_size,
+            crop_size,
+            pad_if_needed=True,
+            pad_position="top_left",  # pad right/bottom only, as the reference
+            border_mode=cv2.BORDER_CONSTANT,
+            fill=fill,
+            fill_mask=mask_fill,
+        ),
+        A.HorizontalFlip(p=0.5),
+    ]
+    return A.Compose(steps, strict=True)
 
 
 def strong_transform(jitter_p: float = 0.8, brightness: float = 0.5, contrast: float = 0.5, saturation: float = 0.5,
@@ -69,6 +86,21 @@ def random_ops(ops: list, max_ops: int) -> A.OneOf:
     """n ~ U{1..max_ops}, then n ops drawn uniformly with replacement, applied in that order."""
     return A.OneOf([A.Sequential([A.OneOf(ops, p=1.0) for _ in range(n)], p=1.0) for n in range(1, max_ops + 1)],
                    p=1.0)
+
+
+class FixedGaussianBlur(A.ImageOnlyTransform):
+    """cv2.GaussianBlur with a fixed k×k kernel and σ derived from k (semseg's RandomGaussianBlur);
+    albumentations' GaussianBlur builds its own kernel, which differs from cv2's by a few grey levels."""
+
+    def __init__(self, kernel: int = 5, p: float = 0.5):
+        super().__init__(p=p)
+        self.kernel = kernel
+
+    def apply(self, img: np.ndarray, **params) -> np.ndarray:
+        return cv2.GaussianBlur(img, (self.kernel, self.kernel), 0)
+
+    def get_transform_init_args_names(self) -> tuple[str, ...]:
+        return ("kernel",)
 
 
 class Sharpness(A.ImageOnlyTransform):

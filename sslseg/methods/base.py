@@ -11,6 +11,8 @@ of them are validated (student | teacher | both; with both, val/mIoU is the bett
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import lightning.pytorch as pl
 import numpy as np
 import torch
@@ -63,6 +65,7 @@ class SemiSegModule(pl.LightningModule):
         self.last_val: dict | None = None
         self.best_network = self.evaluated_networks()[0]
         self._val_examples: list[tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]] = []
+        self._handover_optimizers: list[dict] | None = None
 
     # -- helpers used by the methods -----------------------------------------------------------
     def supervised_loss(self, out, target: torch.Tensor) -> torch.Tensor:
@@ -112,6 +115,21 @@ class SemiSegModule(pl.LightningModule):
 
     def on_fit_start(self) -> None:
         self._apply_perf()
+        if self._handover_optimizers is not None:
+            # Momentum buffers of the previous fit; lr and the other hyperparameters stay this fit's
+            # (the continued poly schedule), so the round's first step does not run at the old last lr.
+            for optimizer, old in zip(self.trainer.optimizers, self._handover_optimizers):
+                groups = optimizer.state_dict()["param_groups"]
+                optimizer.load_state_dict({"state": old["state"], "param_groups": groups})
+            self._handover_optimizers = None
+
+    def continue_from(self, checkpoint_path: str | Path) -> None:
+        """Start this fit where another one ended (an offline method's next round): its weights,
+        statistics and teacher now, its optimizers' momentum when the fit starts."""
+        checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=False)
+        self.load_state_dict(checkpoint["state_dict"])
+        self.train_steps = int(checkpoint.get("train_steps", 0))
+        self._handover_optimizers = checkpoint["optimizer_states"]
 
     # -- the step counter and the teacher ----------------------------------------------------------
     def on_train_epoch_start(self) -> None:
@@ -149,14 +167,21 @@ class SemiSegModule(pl.LightningModule):
             [{"params": backbone, "lr": optim.lr}, {"params": head, "lr": optim.lr * optim.lr_multiplier}],
             lr=optim.lr, momentum=optim.momentum, weight_decay=optim.weight_decay, fused=bool(fused) or None,
         )
-        total = max(1, int(self.trainer.estimated_stepping_batches))
-        power = float(optim.poly_power)
-        # Poly decay per iteration, stepped as the references: they set the new lr after the optimizer
-        # step of iteration i from i, so iterations 0 and 1 use the base lr and iteration i ≥ 1 uses
-        # lr (1 - (i-1)/total)^power.
-        schedule = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda i: (1 - min(max(i - 1, 0), total) / total) ** power)
+        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, self.poly_factor())
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+
+    def poly_factor(self):
+        """The poly decay factor at training step i of this fit: (1 - (offset + i - lag)/(offset + total))^power.
+
+        lag (`method.poly_lag`, default 1): UniMatch, DAW and DSSN set the new lr after the optimizer step
+        of iteration i from i, so iterations 0 and 1 both use the base lr; semseg (DARS) sets it from i + 1
+        (lag 0). offset (`optim.schedule_offset_epochs` x steps per epoch): an offline method's later
+        round continues the schedule of the earlier ones (DARS's round 1 starts at base (1 - 0.5)^0.9)."""
+        total = max(1, int(self.trainer.estimated_stepping_batches))
+        offset_epochs = float(self.cfg.optim.get("schedule_offset_epochs", 0))
+        offset = int(offset_epochs * self.trainer.num_training_batches) if offset_epochs else 0
+        lag, power, end = int(self.cfg.method.get("poly_lag", 1)), float(self.cfg.optim.poly_power), offset + total
+        return lambda i: (1 - min(max(i - lag, 0) + offset, end) / end) ** power
 
     # -- validation ------------------------------------------------------------------------------
     def _scores(self, model: nn.Module, x: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,151 @@
+"""Offline methods as stages (`method.stages`, in order): one `python train.py` runs them all, each in
+`<run dir>/<stage>/`.
+
+  kind: train      a fit of `epochs` epochs (`overrides`: other config keys for this stage). The first
+                   train stage reads the labeled stream; later ones also the latest pseudo-labels. Each
+                   continues the previous train stage's final weights, optimizer momentum and poly
+                   schedule (the schedule runs over the cumulative epochs, as DARS's resumed rounds).
+  kind: generate   pseudo-labels for the unlabeled list from the previous train stage's final weights
+                   (`labeling_ratio`, `thresholds`: dars | cbst); see sslseg/generation.py.
+
+A finished stage is skipped (its results.json, or its pseudo-label list, exists), an interrupted train
+stage resumes from its last checkpoint, an interrupted generation starts over: rerunning the same
+command with the same run directory (`hydra.run.dir=<run dir>`) continues where the run stopped. The
+run's results.json reports the last train stage and lists every stage's.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.utilities import rank_zero_info
+from omegaconf import DictConfig, OmegaConf
+from torch.utils.data import DataLoader
+
+from sslseg.data.datamodule import ShardedEvalSampler
+from sslseg.data.io import read_mask
+from sslseg.data.splits import check_files_exist, read_split_file, split_files
+from sslseg.errors import UserError
+from sslseg.generation import LIST_NAME, ImageDataset, PseudoLabelWriter, select_and_write, write_list
+from sslseg.pseudo_labels import cbst_thresholds, class_targets, dars_thresholds, labeled_prior
+from sslseg.results import write_results
+
+KINDS = ("train", "generate")
+
+
+def stage_config(cfg: DictConfig, stage: DictConfig, epochs_before: int) -> DictConfig:
+    """The run's config for one train stage: `method.overrides` (every stage), the stage's own
+    `overrides` (nested config keys), its epochs and the schedule offset."""
+    out = OmegaConf.merge(cfg, cfg.method.get("overrides") or {}, stage.get("overrides") or {})
+    OmegaConf.update(out, "dataset.epochs", int(stage.epochs))
+    OmegaConf.update(out, "optim.schedule_offset_epochs", epochs_before, force_add=True)
+    return out
+
+
+def run_stages(cfg: DictConfig, cls, run_dir: Path) -> dict:
+    from sslseg.experiment import fit
+
+    last_train: Path | None = None  # folder of the latest train stage
+    pseudo_list: Path | None = None
+    epochs_before = 0
+    summary: dict[str, dict] = {}
+    results: dict | None = None
+    for name, stage in cfg.method.stages.items():
+        kind = stage.get("kind")
+        if kind not in KINDS:
+            raise UserError(f"method.stages.{name}.kind must be one of {list(KINDS)}, got {kind!r}")
+        stage_dir = run_dir / name
+        if kind == "train":
+            done = stage_dir / "results.json"
+            if done.is_file():
+                rank_zero_info(f"stage {name}: done, skipped")
+                results = json.loads(done.read_text())
+            else:
+                stage_cfg = stage_config(cfg, stage, epochs_before)
+                streams = ("labeled", "pseudo") if pseudo_list is not None else ("labeled",)
+                last = stage_dir / "checkpoints" / "last.ckpt"
+                resume = last.is_file()
+                rank_zero_info(f"stage {name}: {'resuming' if resume else 'training'} ({', '.join(streams)})")
+                handover = None if resume or last_train is None else last_train / "checkpoints" / "last.ckpt"
+                results = fit(stage_cfg, cls, stage_dir, ckpt_path=str(last) if resume else None, streams=streams,
+                              pseudo_list=pseudo_list, handover=handover)
+                _write(done, results | {"stage": name})
+            summary[name] = {"best_val_mIoU": results["best_val_mIoU"], "final_val_mIoU": results["final_val_mIoU"],
+                             "steps": results["steps"]}
+            epochs_before += int(stage.epochs)
+            last_train = stage_dir
+        else:
+            if last_train is None:
+                raise UserError(f"method.stages.{name}: a generate stage needs a train stage before it")
+            pseudo_list = stage_dir / LIST_NAME
+            if pseudo_list.is_file():
+                rank_zero_info(f"stage {name}: done, skipped")
+            else:
+                rank_zero_info(f"stage {name}: generating pseudo-labels")
+                generate(cfg, cls, stage_dir, last_train / "checkpoints" / "last.ckpt", stage)
+            summary[name] = json.loads((stage_dir / "stats.json").read_text())["summary"]
+    if results is None:
+        raise UserError("method.stages has no train stage")
+    return results | {"run_dir": str(run_dir), "stages": summary}
+
+
+def generate(cfg: DictConfig, cls, out_dir: Path, weights: Path, stage: DictConfig) -> None:
+    """Pseudo-labels for the unlabeled list of `cfg.split` (sslseg/generation.py), written into
+    `out_dir`, with the stage's labeling ratio and threshold rule."""
+    from sslseg.experiment import trainer_kwargs
+
+    root = Path(cfg.paths.data_root)
+    files = split_files(Path(cfg.dataset.splits_dir), str(cfg.split))
+    samples = read_split_file(files.unlabeled, need_masks=False)
+    check_files_exist(samples, root, files.unlabeled, with_masks=False)
+    labeled = read_split_file(files.labeled, need_masks=True)
+    num_classes = int(cfg.dataset.num_classes)
+
+    cfg = OmegaConf.merge(cfg, cfg.method.get("overrides") or {})
+    module = cls(cfg, load_pretrained=False)
+    module.load_state_dict(torch.load(weights, map_location="cpu", weights_only=False)["state_dict"])
+    writer = PseudoLabelWriter(out_dir, num_classes)
+    kwargs = trainer_kwargs(cfg) | {"logger": False, "enable_checkpointing": False, "callbacks": [writer]}
+    trainer = pl.Trainer(**kwargs, default_root_dir=str(out_dir))
+    dataset = ImageDataset(root, samples)
+    sampler = ShardedEvalSampler(dataset, trainer.world_size, trainer.global_rank) if trainer.world_size > 1 else None
+    loader = DataLoader(dataset, batch_size=1, sampler=sampler, num_workers=int(cfg.data.num_workers))
+    trainer.predict(module, dataloaders=loader, return_predictions=False)
+
+    histogram = writer.summed_histogram(trainer)
+    total = int(histogram.sum())
+    ratio = float(stage.labeling_ratio)
+    rule = stage.get("thresholds", "dars")
+    if rule == "dars":
+        prior = labeled_prior((read_mask(root / s.mask, num_classes) for s in labeled), num_classes)
+        targets = class_targets(prior, ratio, total)
+        thresholds, ratios = dars_thresholds(histogram, targets)
+    elif rule == "cbst":
+        targets = None
+        thresholds, ratios = cbst_thresholds(histogram, ratio)
+    else:
+        raise UserError(f"method.stages.{out_dir.name}.thresholds must be dars or cbst, got {rule!r}")
+    kept = torch.from_numpy(select_and_write(out_dir, samples, writer.indices, thresholds, ratios, int(cfg.seed)))
+    if trainer.world_size > 1:
+        kept = trainer.strategy.reduce(kept.to(trainer.strategy.root_device), reduce_op="sum").cpu()
+    if trainer.is_global_zero:
+        kept = kept[:num_classes]
+        stats = {
+            "labeling_ratio": ratio, "thresholds_rule": rule, "unlabeled_pixels": total,
+            "targets": None if targets is None else targets.tolist(),
+            "thresholds": [None if t == float("inf") else t for t in thresholds.tolist()],
+            "sampling_ratios": ratios.tolist(), "kept_pixels": kept.tolist(),
+            "summary": {"labeled_share": round(int(kept.sum()) / max(total, 1), 4),
+                        "kept_class_share": [round(int(k) / max(int(kept.sum()), 1), 4) for k in kept]},
+        }
+        (out_dir / "stats.json").write_text(json.dumps(stats, indent=2) + "\n")
+        write_list(out_dir, samples)
+    trainer.strategy.barrier()
+
+
+def _write(path: Path, results: dict) -> None:
+    if pl.utilities.rank_zero_only.rank == 0:
+        write_results(path, results)
