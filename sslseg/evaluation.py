@@ -79,6 +79,9 @@ def evaluate(cfg: DictConfig) -> dict:
         "checkpoint": str(Path(cfg.ckpt_path).resolve()), "method": module.cfg.method.name,
         "dataset": cfg.dataset.name, "backbone": module.cfg.backbone.name, "eval_mode": cfg.dataset.eval.mode,
         "val_mIoU": val["mIoU"], "per_class_IoU": val["per_class_IoU"],
+        # The references' mean over all K classes (absent ones count 0); val_mIoU averages the classes present.
+        "val_mIoU_all_classes": val["mIoU_all_classes"],
+        "eval_protocol": OmegaConf.to_container(cfg.dataset.eval, resolve=True),
         "val_images": len(datamodule.val_set), "wall_seconds": round(time.time() - start, 1),
     }
     if cfg.get("input_dir"):

@@ -172,6 +172,9 @@ def fit(cfg: DictConfig, cls: type[SemiSegModule], out_dir: Path, ckpt_path: str
         "method": cfg.method.name, "dataset": cfg.dataset.name, "split": str(cfg.split),
         "backbone": cfg.backbone.name, "decoder": cfg.model.name, "seed": int(cfg.seed),
         "best_val_mIoU": best["mIoU"], "final_val_mIoU": final["mIoU"],
+        # The references' mean over all K classes (absent ones count 0); *_val_mIoU averages the classes present.
+        "best_val_mIoU_all_classes": best["mIoU_all_classes"], "final_val_mIoU_all_classes": final["mIoU_all_classes"],
+        "eval_protocol": OmegaConf.to_container(cfg.dataset.eval, resolve=True),
         "per_class_IoU": best["per_class_IoU"],
         "best_checkpoint": best_path, "steps": steps,
         "epochs": int(trainer.current_epoch),

@@ -1,50 +1,101 @@
-"""Evaluation-time prediction: whole image, centre crop or sliding window (specs §5).
+"""Evaluation-time prediction: one protocol composed of a mode, scales and flip (specs §5; PCT/DARS §2.5, §3.7).
 
-`whole` runs the full image (UniMatch's Pascal/COCO protocol). `center_crop` pads the image
-symmetrically to the crop size (DDFP's 513 protocol). `sliding` tiles crop-size windows with stride
-crop x stride_ratio and sums softmax probabilities (Cityscapes 801 / 534). Unlike UniMatch, border
-windows are shifted back inside the image (mmseg style) instead of truncated, so every window has
-the same size and windows run in batches of `window_batch`; overlaps are averaged.
+Mode (`dataset.eval.mode`):
+- `whole`: the full image in one pass (UniMatch's Pascal/COCO protocol).
+- `center_crop`: the image padded symmetrically to the crop size (DDFP's 513 protocol).
+- `sliding`: crop-size windows with stride crop x stride_ratio (Cityscapes 801 / 534), window outputs
+  averaged where they overlap. `window` picks the border windows:
+  - `shifted` (default): a border window is moved back inside the image (mmseg style), so every
+    window has the crop size and windows run in batches of `window_batch`. Not the reference's grid.
+  - `truncated`: UniMatch's grid: windows start at 0, stride, 2·stride, ... < size and are cut at the
+    border, each run at its own size (windows of one size still share a batch). Window for window the
+    reference's evaluation; the reference sums the overlapping probabilities, the mean here has the
+    same argmax.
+
+Scales and flip (`dataset.eval.scales`, `dataset.eval.flip`), as Learning-Pseudo-Label's and DARS's
+evaluations: for every scale s the image is resized to round(s·H) x round(s·W), predicted with the mode,
+and its scores resized back to H x W (bilinear); the scales are averaged. With flip, every forward pass
+(the whole image, or each window) also runs on the horizontally flipped input and the two are averaged,
+as both references do it per window.
+
+What is averaged (`dataset.eval.average`): `probs` averages softmax probabilities (UniMatch's sliding
+window, DARS's evaluation), `logits` averages raw logits (Learning-Pseudo-Label's multi-scale test,
+DARS's pseudo-label generation). It applies to every average: overlapping windows, flips and scales.
+
+`scales: [1.0]`, `flip: false` (every dataset's default) runs exactly the single-view code path: whole
+and centre-crop return raw logits, sliding returns averaged probabilities (with `average: probs`).
+
+Deliberate differences from the references: the scale is relative to the image's own size (the
+references resize the long side to a fixed `base_size` x scale); images and scores are resized with
+bilinear interpolation, align_corners=True (DARS resizes the raw image with OpenCV).
 """
 
 from __future__ import annotations
 
-import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
 
+from sslseg.errors import UserError
+
 Logits = Callable[[torch.Tensor], torch.Tensor]
+
+MODES = ("whole", "center_crop", "sliding")
+WINDOWS = ("shifted", "truncated")
+AVERAGES = ("probs", "logits")
 
 
 def _starts(length: int, crop: int, stride: int) -> list[int]:
+    """Window starts with the last window shifted back inside (every window full-size)."""
     if length <= crop:
         return [0]
     starts = list(range(0, length - crop, stride)) + [length - crop]
     return sorted(set(starts))
 
 
-def sliding_window_probs(logits_fn: Logits, image: torch.Tensor, num_classes: int, crop: int, stride: int,
-                         window_batch: int = 8) -> torch.Tensor:
-    """Softmax probabilities (B, K, H, W), averaged over overlapping windows. Memory is bounded by
-    window_batch crops, whatever the image size."""
+def _truncated_starts(length: int, stride: int) -> list[int]:
+    """UniMatch's starts: 0, stride, 2·stride, ... while inside the image (border windows are cut)."""
+    return list(range(0, length, stride))
+
+
+def sliding_window_scores(scores_fn: Logits, image: torch.Tensor, num_classes: int, crop: int, stride: int,
+                          window_batch: int = 8, window: str = "shifted") -> torch.Tensor:
+    """`scores_fn` (the per-pass quantity to average) over windows, averaged where they overlap,
+    (B, K, H, W) float32. Memory is bounded by window_batch crops, whatever the image size."""
     b, _, h, w = image.shape
-    pad_h, pad_w = max(crop - h, 0), max(crop - w, 0)
-    if pad_h or pad_w:  # images smaller than a window: pad, predict, crop back
-        image = F.pad(image, (0, pad_w, 0, pad_h))
-    hp, wp = image.shape[-2:]
-    boxes = [(y, x) for y in _starts(hp, crop, stride) for x in _starts(wp, crop, stride)]
-    probs = image.new_zeros((b, num_classes, hp, wp), dtype=torch.float32)
+    if window == "shifted":
+        pad_h, pad_w = max(crop - h, 0), max(crop - w, 0)
+        if pad_h or pad_w:  # images smaller than a window: pad, predict, crop back
+            image = F.pad(image, (0, pad_w, 0, pad_h))
+        hp, wp = image.shape[-2:]
+        boxes = [(y, x, crop, crop) for y in _starts(hp, crop, stride) for x in _starts(wp, crop, stride)]
+    elif window == "truncated":
+        hp, wp = h, w
+        boxes = [(y, x, min(crop, h - y), min(crop, w - x))
+                 for y in _truncated_starts(h, stride) for x in _truncated_starts(w, stride)]
+    else:
+        raise UserError(f"dataset.eval.window must be one of {WINDOWS}, got {window!r}")
+    scores = image.new_zeros((b, num_classes, hp, wp), dtype=torch.float32)
     count = image.new_zeros((1, 1, hp, wp), dtype=torch.float32)
-    for i in range(0, len(boxes), window_batch):
-        chunk = boxes[i : i + window_batch]
-        windows = torch.cat([image[:, :, y : y + crop, x : x + crop] for y, x in chunk])
-        out = logits_fn(windows).float().softmax(1).split(b)
-        for (y, x), p in zip(chunk, out):
-            probs[:, :, y : y + crop, x : x + crop] += p
-            count[:, :, y : y + crop, x : x + crop] += 1
-    return (probs / count)[:, :, :h, :w]
+    by_size: dict[tuple[int, int], list[tuple[int, int]]] = {}
+    for y, x, wh, ww in boxes:  # windows of one size share a forward pass
+        by_size.setdefault((wh, ww), []).append((y, x))
+    for (wh, ww), starts in by_size.items():
+        for i in range(0, len(starts), window_batch):
+            chunk = starts[i : i + window_batch]
+            windows = torch.cat([image[:, :, y : y + wh, x : x + ww] for y, x in chunk])
+            for (y, x), s in zip(chunk, scores_fn(windows).float().split(b)):
+                scores[:, :, y : y + wh, x : x + ww] += s
+                count[:, :, y : y + wh, x : x + ww] += 1
+    return (scores / count)[:, :, :h, :w]
+
+
+def sliding_window_probs(logits_fn: Logits, image: torch.Tensor, num_classes: int, crop: int, stride: int,
+                         window_batch: int = 8, window: str = "shifted") -> torch.Tensor:
+    """Softmax probabilities (B, K, H, W), averaged over overlapping windows."""
+    return sliding_window_scores(lambda t: logits_fn(t).float().softmax(1), image, num_classes, crop, stride,
+                                 window_batch, window)
 
 
 def center_crop_logits(logits_fn: Logits, image: torch.Tensor, crop: int) -> torch.Tensor:
@@ -57,46 +108,48 @@ def center_crop_logits(logits_fn: Logits, image: torch.Tensor, crop: int) -> tor
     return logits[:, :, top : top + h, left : left + w]
 
 
+def _resize(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    return x if tuple(x.shape[-2:]) == tuple(size) else F.interpolate(x, size=size, mode="bilinear",
+                                                                      align_corners=True)
+
+
 def predict(logits_fn: Logits, image: torch.Tensor, mode: str, num_classes: int, crop: int,
-            stride_ratio: float = 2 / 3, window_batch: int = 8) -> torch.Tensor:
-    """Scores (B, K, H, W) whose argmax is the prediction, for a normalised image batch."""
-    if mode == "whole":
-        return logits_fn(image)
-    if mode == "center_crop":
-        return center_crop_logits(logits_fn, image, crop)
-    if mode == "sliding":
-        return sliding_window_probs(logits_fn, image, num_classes, crop, max(1, int(crop * stride_ratio)),
-                                    window_batch)
-    raise ValueError(f"dataset.eval.mode must be whole, center_crop or sliding, got {mode!r}")
+            stride_ratio: float = 2 / 3, window_batch: int = 8, *, window: str = "shifted",
+            scales: Sequence[float] = (1.0,), flip: bool = False, average: str = "probs") -> torch.Tensor:
+    """Scores (B, K, H, W) whose argmax is the prediction, for a normalised image batch (module docstring)."""
+    if mode not in MODES:
+        raise UserError(f"dataset.eval.mode must be whole, center_crop or sliding, got {mode!r}")
+    if average not in AVERAGES:
+        raise UserError(f"dataset.eval.average must be one of {AVERAGES}, got {average!r}")
+    if window not in WINDOWS:
+        raise UserError(f"dataset.eval.window must be one of {WINDOWS}, got {window!r}")
+    scales = [float(s) for s in scales]
+    if not scales or min(scales) <= 0:
+        raise UserError(f"dataset.eval.scales must be a non-empty list of positive numbers, got {scales}")
+    stride = max(1, int(crop * stride_ratio))
+    single_view = scales == [1.0] and not flip
 
+    if single_view and mode != "sliding":  # nothing is averaged: the raw logits
+        return logits_fn(image) if mode == "whole" else center_crop_logits(logits_fn, image, crop)
 
-def sliding_window_logits(logits_fn: Logits, image: torch.Tensor, num_classes: int, crop: int,
-                          stride: int) -> torch.Tensor:
-    """Logits (B, K, H, W) averaged over overlapping shifted windows (semseg's `scale_process`)."""
-    b, _, h, w = image.shape
-    pad_h, pad_w = max(crop - h, 0), max(crop - w, 0)
-    if pad_h or pad_w:
-        image = F.pad(image, (0, pad_w, 0, pad_h))
-    hp, wp = image.shape[-2:]
-    total = image.new_zeros((b, num_classes, hp, wp), dtype=torch.float32)
-    count = image.new_zeros((1, 1, hp, wp), dtype=torch.float32)
-    for y in _starts(hp, crop, stride):
-        for x in _starts(wp, crop, stride):
-            total[:, :, y : y + crop, x : x + crop] += logits_fn(image[:, :, y : y + crop, x : x + crop]).float()
-            count[:, :, y : y + crop, x : x + crop] += 1
-    return (total / count)[:, :, :h, :w]
+    def one_pass(x: torch.Tensor) -> torch.Tensor:
+        out = logits_fn(x).float()
+        return out.softmax(1) if average == "probs" else out
 
+    def scores_fn(x: torch.Tensor) -> torch.Tensor:  # one forward, averaged with its mirror image
+        out = one_pass(x)
+        return (out + one_pass(x.flip(-1)).flip(-1)) / 2 if flip else out
 
-def predict_logits(logits_fn: Logits, image: torch.Tensor, mode: str, num_classes: int, crop: int,
-                   stride_ratio: float = 2 / 3, flip: bool = False) -> torch.Tensor:
-    """Logits averaged over windows (mode sliding; stride ⌈crop·ratio⌉ as semseg) and, with `flip`, over the
-    image and its horizontal mirror (DARS's pseudo-label generation)."""
-    def run(x: torch.Tensor) -> torch.Tensor:
+    h, w = image.shape[-2:]
+    total = None
+    for s in scales:
+        x = _resize(image, (max(1, round(h * s)), max(1, round(w * s))))
         if mode == "whole":
-            return logits_fn(x).float()
-        return sliding_window_logits(logits_fn, x, num_classes, crop, max(1, math.ceil(crop * stride_ratio)))
-
-    logits = run(image)
-    if flip:
-        logits = (logits + run(image.flip(3)).flip(3)) / 2
-    return logits
+            out = scores_fn(x)
+        elif mode == "center_crop":
+            out = center_crop_logits(scores_fn, x, crop)
+        else:
+            out = sliding_window_scores(scores_fn, x, num_classes, crop, stride, window_batch, window)
+        out = _resize(out, (h, w))
+        total = out if total is None else total + out
+    return total / len(scales)

@@ -1,8 +1,11 @@
 """Dataset-level IoU from an accumulated confusion matrix (torchmetrics, summed across DDP ranks).
 
-IoU_c = TP / (TP + FP + FN) over the whole dataset; mIoU = mean over classes that occur in the
-ground truth or the predictions (the mmseg / torchvision convention; on the real val sets every
-class occurs, which makes it the references' mean over all K). Pixels labelled 255 are dropped.
+IoU_c = TP / (TP + FP + FN) over the whole dataset; pixels labelled 255 are dropped. Two means:
+- `mIoU` (results.json `*_val_mIoU`): over the classes that occur in the ground truth or the
+  predictions (the mmseg / torchvision convention);
+- `mIoU_all_classes` (results.json `*_val_mIoU_all_classes`): over all K classes, an absent class
+  counting 0, as the references compute it (UniMatch's intersection / (union + 1e-10), averaged).
+On the real val sets every class occurs and the two are equal; they differ on small or partial sets.
 """
 
 from __future__ import annotations
@@ -27,3 +30,9 @@ def iou_from_confusion(confmat: torch.Tensor) -> tuple[torch.Tensor, torch.Tenso
     union = confmat.sum(0) + confmat.sum(1) - tp
     iou = torch.where(union > 0, tp / union.clamp_min(1), torch.full_like(tp, float("nan"))) * 100
     return iou, iou.nanmean()
+
+
+def mean_iou_all_classes(iou: torch.Tensor) -> torch.Tensor:
+    """The references' mIoU: the mean of the per-class IoU over all K classes, 0 for a class absent
+    from both target and prediction (NaN in `iou_from_confusion`)."""
+    return torch.nan_to_num(iou, nan=0.0).mean()

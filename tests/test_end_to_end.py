@@ -97,3 +97,43 @@ def test_wandb_offline_run(data_dir, tmp_path):
     assert run.returncode == 0, run.stderr[-3000:]
     assert list(tmp_path.rglob("offline-run-*")), "no offline W&B run directory"
     assert "wandb sync" in run.stdout + run.stderr
+
+
+def test_unimatch_coco_preset_on_a_converted_coco_tree(tmp_path):
+    """Issue 11's acceptance run: COCO masks made by the converter, the COCO preset (Xception-65), two
+    steps; then eval.py with multi-scale + flip selected on the command line."""
+    import math
+
+    from sslseg.data.make_splits import main as make_splits
+    from sslseg.data.prepare_coco import main as prepare_coco
+    from tests.test_prepare import make_coco_tree
+
+    root = tmp_path / "coco"
+    make_coco_tree(root, train=6, val=2, size=(48, 64))
+    prepare_coco([str(root)])
+    make_splits(["coco", str(root), str(tmp_path / "splits" / "coco"), "--fractions", "1_512"])  # 1 labeled, 5 not
+    # One CPU process instead of the preset's 4 GPUs, no xception.pth here, a small crop for speed.
+    local = [f"paths.data_root={root}", f"paths.splits={tmp_path / 'splits'}", f"paths.output_dir={tmp_path / 'out'}",
+             "backbone.pretrained=null", "trainer.accelerator=cpu", "trainer.devices=1", "trainer.strategy=auto",
+             "trainer.sync_batchnorm=false", "dataset.crop_size=65", "logger=csv", "data.num_workers=0",
+             "trainer.enable_progress_bar=false"]
+    run = run_cli("train.py", "experiment=unimatch_coco", "trainer.max_steps=2", *local)
+    assert run.returncode == 0, run.stderr[-3000:]
+    (results,) = _results(tmp_path / "out")
+    assert last_line(run.stdout) == f"val mIoU: {results['best_val_mIoU']:.2f}"
+    assert (results["backbone"], results["method"], results["split"], results["steps"]) == (
+        "xception65", "unimatch", "1_512", 2)
+    present = [v for v in results["per_class_IoU"].values() if not math.isnan(v)]
+    assert len(results["per_class_IoU"]) == 81 and 0 < len(present) < 81
+    assert results["best_val_mIoU"] == pytest.approx(sum(present) / len(present))
+    assert results["best_val_mIoU_all_classes"] == pytest.approx(sum(present) / 81)  # absent classes count 0
+
+    evaluation = run_cli("eval.py", f"ckpt_path={results['best_checkpoint']}", "dataset=coco", *local[:3],
+                         "dataset.eval.scales=[0.5,1.0]", "dataset.eval.flip=true", "dataset.eval.average=logits",
+                         "data.num_workers=0", "trainer.enable_progress_bar=false")
+    assert evaluation.returncode == 0, evaluation.stderr[-3000:]
+    (eval_results,) = _results(tmp_path / "out" / "eval")
+    assert last_line(evaluation.stdout) == f"val mIoU: {eval_results['val_mIoU']:.2f}"
+    assert eval_results["eval_protocol"] == {  # the COCO config's protocol with this command's overrides
+        "mode": "whole", "crop_size": 513, "stride_ratio": 0.6667, "window_batch": 4, "window": "shifted",
+        "scales": [0.5, 1.0], "flip": True, "average": "logits"}

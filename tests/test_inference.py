@@ -1,7 +1,14 @@
+"""Evaluation protocol (mode, windows, scales, flip, what is averaged) and the two mIoU definitions."""
+
+import math
+
+import pytest
 import torch
 from torch import nn
 
-from sslseg.inference import _starts, predict
+from sslseg.errors import UserError
+from sslseg.inference import _starts, _truncated_starts, predict, sliding_window_probs
+from sslseg.metrics import confusion_matrix_metric, iou_from_confusion, mean_iou_all_classes
 
 
 def _pointwise_model():
@@ -36,3 +43,119 @@ def test_center_crop_returns_original_pixels():
     image = torch.randn(1, 3, 21, 30)
     out = predict(model, image, "center_crop", num_classes=5, crop=41)
     torch.testing.assert_close(out, model(image), atol=1e-5, rtol=1e-5)
+
+
+# -- the reference's truncated windows ----------------------------------------------------------------
+class _WidthModel(nn.Module):
+    """Class 0's logit is the width of the input it is given, class 1's is 0: a window's size shows."""
+
+    def __init__(self):
+        super().__init__()
+        self.seen = []
+
+    def forward(self, x):
+        self.seen.append(tuple(x.shape))
+        out = torch.zeros(x.shape[0], 2, *x.shape[-2:])
+        out[:, 0] = x.shape[-1]
+        return out
+
+
+def test_truncated_windows_are_unimatchs_grid():
+    # UniMatch: starts 0, stride, ... < size, cut at the border. H 5, W 10, crop 4, stride int(4 * 0.5) = 2:
+    # rows 0, 2, 4 (heights 4, 3, 1) x cols 0, 2, 4, 6, 8 (widths 4, 4, 4, 4, 2).
+    model = _WidthModel()
+    predict(model, torch.zeros(1, 3, 5, 10), "sliding", num_classes=2, crop=4, stride_ratio=0.5,
+            window_batch=100, window="truncated")
+    seen = sorted((h, w) for b, _, h, w in model.seen for _ in range(b))
+    assert seen == sorted((h, w) for h in (4, 3, 1) for w in (4, 4, 4, 4, 2))
+    assert _truncated_starts(2048, 534) == [0, 534, 1068, 1602]  # Cityscapes 801 / 534 (specs §5)
+
+
+def test_truncated_windows_average_the_window_outputs_at_the_border():
+    # One row (H 3 <= crop). Windows [0,4) [2,6) [4,8) [6,10) are 4 wide, [8,10) is 2 wide, so with logits
+    # averaged, class 0 is 4 everywhere except columns 8, 9: (4 + 2) / 2 = 3. Shifted windows are all 4 wide.
+    image = torch.zeros(1, 3, 3, 10)
+    truncated = predict(_WidthModel(), image, "sliding", num_classes=2, crop=4, stride_ratio=0.5,
+                        window="truncated", average="logits")
+    assert truncated[0, 0, 0].tolist() == [4.0] * 8 + [3.0, 3.0]
+    shifted = predict(_WidthModel(), image, "sliding", num_classes=2, crop=4, stride_ratio=0.5, average="logits")
+    assert shifted[0, 0, 0].tolist() == [4.0] * 10
+
+
+def test_truncated_window_on_a_small_image_runs_it_unpadded():
+    model = _WidthModel()
+    predict(model, torch.zeros(1, 3, 3, 5), "sliding", num_classes=2, crop=8, window="truncated")
+    assert model.seen == [(1, 3, 3, 5)]  # the shifted mode pads to 8 x 8 instead
+
+
+# -- scales and flip ------------------------------------------------------------------------------------
+def test_default_protocol_is_the_single_view_code_path():
+    model = _pointwise_model()
+    image = torch.randn(2, 3, 30, 50)
+    with torch.no_grad():
+        assert torch.equal(predict(model, image, "whole", 5, 40, scales=[1.0], flip=False), model(image))
+        slide = predict(model, image, "sliding", 5, 20, 2 / 3, 3, scales=[1.0], flip=False)
+        assert torch.equal(slide, sliding_window_probs(model, image, 5, 20, 13, 3))
+
+
+def _column_model(x):
+    """Class 0: the pixel's first channel; class 1: the column index (not flip-equivariant)."""
+    cols = torch.arange(x.shape[-1], dtype=x.dtype).expand(x.shape[0], 1, *x.shape[-2:])
+    return torch.cat([x[:, :1], cols], dim=1)
+
+
+def test_flip_averages_each_pass_with_its_mirror_image():
+    image = torch.randn(1, 3, 4, 7)
+    out = predict(_column_model, image, "whole", 2, 8, flip=True, average="logits")
+    torch.testing.assert_close(out[:, 0], image[:, 0])  # flip back: the pixel's own value
+    assert torch.all(out[:, 1] == 3.0)  # (c + (6 - c)) / 2 = (W - 1) / 2
+    # Per window in sliding mode (DARS, LPL): each 4-wide window averages c and 3 - c, whatever its place.
+    out = predict(_column_model, image, "sliding", 2, 4, stride_ratio=0.5, flip=True, average="logits")
+    assert torch.all(out[:, 1] == 1.5)
+
+
+class _HeightModel(nn.Module):
+    """Class 0's logit is the input height, class 1's is 8.5, everywhere."""
+
+    def forward(self, x):
+        return torch.stack([torch.full(x.shape[-2:], float(x.shape[-2])), torch.full(x.shape[-2:], 8.5)])[None]
+
+
+def test_scales_resize_predict_resize_back_and_average():
+    # H 8 at scales 0.5 and 1.5: heights 4 and 12. logits: class 0 = (4 + 12) / 2 = 8;
+    # probs: class 0 = (sigmoid(4 - 8.5) + sigmoid(12 - 8.5)) / 2.
+    image = torch.zeros(1, 3, 8, 6)
+    logits = predict(_HeightModel(), image, "whole", 2, 8, scales=[0.5, 1.5], average="logits")
+    assert logits.shape == (1, 2, 8, 6) and torch.all(logits[:, 0] == 8.0) and torch.all(logits[:, 1] == 8.5)
+    probs = predict(_HeightModel(), image, "whole", 2, 8, scales=[0.5, 1.5], average="probs")
+    expected = (1 / (1 + math.exp(4.5)) + 1 / (1 + math.exp(-3.5))) / 2
+    torch.testing.assert_close(probs[:, 0], torch.full((1, 8, 6), expected), atol=1e-6, rtol=0)
+    torch.testing.assert_close(probs.sum(1), torch.ones(1, 8, 6))
+
+
+def test_multi_scale_flip_sliding_runs_the_mode_at_every_scale():
+    # H 8, W 12 at scales 0.5 and 1.0, crop 6, stride 3, shifted windows:
+    # 4 x 6 (smaller than the crop: padded, one window) and 8 x 12 (rows 0, 2 x cols 0, 3, 6): each window
+    # also runs flipped, so 2 x (1 + 6) = 14 passes of 6 x 6.
+    model = _WidthModel()
+    out = predict(model, torch.zeros(1, 3, 8, 12), "sliding", 2, 6, 0.5, window_batch=1, scales=[0.5, 1.0],
+                  flip=True)
+    assert model.seen == [(1, 3, 6, 6)] * 14 and out.shape == (1, 2, 8, 12)
+
+
+def test_bad_protocol_options_are_one_line_errors():
+    image = torch.zeros(1, 3, 4, 4)
+    for kwargs, option in [({"average": "mean"}, "average"), ({"window": "clipped"}, "window"),
+                           ({"scales": []}, "scales")]:
+        with pytest.raises(UserError, match=rf"dataset\.eval\.{option}"):
+            predict(_column_model, image, "whole", 2, 4, **kwargs)
+
+
+# -- the two mIoU definitions ---------------------------------------------------------------------------
+def test_miou_over_present_classes_and_over_all_k():
+    # 4 classes; class 3 never occurs. IoU: class 0 1/3, class 1 2/3, class 2 0 (see test_losses_metrics).
+    metric = confusion_matrix_metric(4)
+    metric.update(torch.tensor([[0, 1, 1, 1, 0, 2]]), torch.tensor([[0, 0, 1, 1, 2, 255]]))
+    iou, miou = iou_from_confusion(metric.compute())
+    assert math.isclose(miou.item(), 100 / 3)  # (1/3 + 2/3 + 0) / 3 classes present
+    assert math.isclose(mean_iou_all_classes(iou).item(), 25.0)  # (1/3 + 2/3 + 0 + 0) / 4

@@ -119,7 +119,9 @@ def test_every_preset_composes_to_the_published_setting(name):
     OmegaConf.resolve(cfg)
     assert cfg.method.name == method and cfg.dataset.name == dataset.removesuffix("_blended")
     assert cfg.trainer.strategy == "ddp" and cfg.trainer.devices == 4 and cfg.data.batch_size == 2
-    assert cfg.backbone.name == "resnet101" and cfg.model.name == "deeplabv3plus"
+    # The papers' backbones: deep-stem ResNet-101, Xception-65 on COCO (UniMatch configs/coco.yaml).
+    assert cfg.backbone.name == ("xception65" if cfg.dataset.name == "coco" else "resnet101")
+    assert cfg.model.name == "deeplabv3plus" and list(cfg.model.aspp_dilations) == [6, 12, 18]
     setting = REFERENCE.get(f"{method}_{cfg.dataset.name}", REFERENCE[cfg.dataset.name])
     criterion = cfg.dataset.criterion
     assert (cfg.dataset.crop_size, cfg.dataset.epochs, cfg.optim.lr, cfg.optim.lr_multiplier, criterion.name) == setting

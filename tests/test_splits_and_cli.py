@@ -2,7 +2,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from sslseg.cli import quote_split_overrides
-from sslseg.data.splits import Sample, read_split_file, split_files, write_split_file
+from sslseg.data.splits import Sample, check_files_exist, read_split_file, split_files, write_split_file
 from sslseg.errors import UserError, one_line
 from tests.conftest import compose_cfg
 
@@ -78,3 +78,36 @@ def test_worker_wrapped_error_gives_one_line():
     wrapped = RuntimeError("Caught UserError in DataLoader worker process 0.\nOriginal Traceback (most recent "
                            "call last):\n  File x\nsslseg.errors.UserError: cannot read image: /a/b.jpg")
     assert one_line(wrapped) == "cannot read image: /a/b.jpg"
+
+
+def test_id_only_lists_of_u2pl_cps_ddfp(tmp_path):
+    # U2PL/CPS/DDFP Pascal lists: one VOC id per line (no trailing newline in some files).
+    ids = tmp_path / "labeled.txt"
+    ids.write_text("2007_000032\n2011_003261")
+    assert read_split_file(ids, need_masks=True) == [
+        Sample("JPEGImages/2007_000032.jpg", "SegmentationClass/2007_000032.png"),
+        Sample("JPEGImages/2011_003261.jpg", "SegmentationClass/2011_003261.png")]
+    # U2PL/DDFP Cityscapes lists: the image path alone; the mask is its trainId PNG under gtFine.
+    city = tmp_path / "city.txt"
+    city.write_text("leftImg8bit/train/jena/jena_000078_000019_leftImg8bit.png\n")
+    assert read_split_file(city, need_masks=True) == [
+        Sample("leftImg8bit/train/jena/jena_000078_000019_leftImg8bit.png",
+               "gtFine/train/jena/jena_000078_000019_gtFine_labelTrainIds.png")]
+    # Any other single path is an image without a mask: fine unlabeled, an error where masks are needed.
+    other = tmp_path / "other.txt"
+    other.write_text("2007_000033\ntrain2017/000000177254.jpg\n")
+    assert read_split_file(other, need_masks=False)[1] == Sample("train2017/000000177254.jpg", None)
+    with pytest.raises(UserError, match=r"other.txt:2: expected '<image> <mask>' or an image id"):
+        read_split_file(other, need_masks=True)
+
+
+def test_id_only_lists_resolve_on_a_voc_folder(data_dir, tmp_path):
+    # The toy set is in VOC's layout: its ids, listed alone, name files that exist (and only those).
+    root = data_dir / "toy"
+    names = sorted(p.stem for p in (root / "SegmentationClass").glob("*.png"))[:5]
+    (tmp_path / "ids.txt").write_text("\n".join(names))
+    samples = read_split_file(tmp_path / "ids.txt", need_masks=True)
+    check_files_exist(samples, root, tmp_path / "ids.txt", with_masks=True)
+    (tmp_path / "bad.txt").write_text("2007_999999\n")
+    with pytest.raises(UserError, match=r"bad.txt names a missing file: .*JPEGImages/2007_999999.jpg"):
+        check_files_exist(read_split_file(tmp_path / "bad.txt", True), root, tmp_path / "bad.txt", with_masks=True)

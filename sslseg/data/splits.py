@@ -1,13 +1,24 @@
-"""Split lists in UniMatch's format.
+"""Split lists in UniMatch's format, and the ID-only lists of U2PL, CPS and DDFP read as they are.
 
 One sample per line, `<image path> <mask path>` relative to the dataset root, e.g.
 `JPEGImages/2007_000032.jpg SegmentationClass/2007_000032.png`. Unlabeled lines may name only the
 image. Layout: `<splits_dir>/<split>/labeled.txt`, `<splits_dir>/<split>/unlabeled.txt` and
 `<splits_dir>/val.txt`.
+
+ID-only lines, one field each, are expanded to the same samples:
+- a bare image id (no `/`, no suffix), the Pascal lists of U2PL, CPS and DDFP (`2007_000032`):
+  `JPEGImages/<id>.jpg SegmentationClass/<id>.png` (sslseg's and UniMatch's folder for the
+  SBD-augmented masks; U2PL names it SegmentationClassAug, written by `prepare_pascal` as
+  SegmentationClass);
+- a Cityscapes image path, the Cityscapes lists of U2PL and DDFP
+  (`leftImg8bit/train/aachen/aachen_000000_000019_leftImg8bit.png`): its mask is
+  `gtFine/train/aachen/aachen_000000_000019_gtFine_labelTrainIds.png`, as U2PL derives it.
+Any other one-field line names an image without a mask (unlabeled data).
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,8 +50,23 @@ def split_files(splits_dir: str | Path, split: str | int) -> SplitFiles:
     return SplitFiles(splits_dir / split / "labeled.txt", splits_dir / split / "unlabeled.txt", splits_dir / "val.txt")
 
 
+BARE_ID = re.compile(r"^[^/.]+$")
+CITYSCAPES_IMAGE = re.compile(r"^leftImg8bit/(?P<stem>[^ ]+)_leftImg8bit\.png$")
+
+
+def sample_from_id(field: str) -> Sample:
+    """The sample an ID-only line names (module docstring); other single fields are image-only."""
+    if BARE_ID.match(field):
+        return Sample(f"JPEGImages/{field}.jpg", f"SegmentationClass/{field}.png")
+    city = CITYSCAPES_IMAGE.match(field)
+    if city:
+        return Sample(field, f"gtFine/{city['stem']}_gtFine_labelTrainIds.png")
+    return Sample(field, None)
+
+
 def read_split_file(path: str | Path, need_masks: bool) -> list[Sample]:
-    """Parse one list. `need_masks=False` accepts image-only lines (unlabeled data)."""
+    """Parse one list (UniMatch's two-field lines or ID-only lines). `need_masks=False` accepts
+    image-only lines (unlabeled data)."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"split file not found: {path}")
@@ -49,10 +75,11 @@ def read_split_file(path: str | Path, need_masks: bool) -> list[Sample]:
         fields = line.split()
         if not fields:
             continue
-        if len(fields) > 2 or (need_masks and len(fields) < 2):
-            expected = "'<image> <mask>'" if need_masks else "'<image> [<mask>]'"
+        sample = sample_from_id(fields[0]) if len(fields) == 1 else Sample(*fields[:2])
+        if len(fields) > 2 or (need_masks and sample.mask is None):
+            expected = "'<image> <mask>' or an image id" if need_masks else "'<image> [<mask>]' or an image id"
             raise UserError(f"{path}:{lineno}: expected {expected}, got {line!r}")
-        samples.append(Sample(fields[0], fields[1] if len(fields) == 2 else None))
+        samples.append(sample)
     if not samples:
         raise UserError(f"split file is empty: {path}")
     return samples

@@ -25,7 +25,7 @@ from sslseg.errors import UserError
 from sslseg.inference import predict
 from sslseg.losses import build_criterion
 from sslseg.methods.teacher import Teacher
-from sslseg.metrics import confusion_matrix_metric, iou_from_confusion
+from sslseg.metrics import confusion_matrix_metric, iou_from_confusion, mean_iou_all_classes
 from sslseg.models import Segmentor, build_segmentor
 
 EVALUATED = {"student": ("model",), "teacher": ("teacher",), "both": ("model", "teacher")}
@@ -188,7 +188,9 @@ class SemiSegModule(pl.LightningModule):
         """Class scores (B, K, H, W) of a normalised batch, with the dataset's evaluation protocol."""
         eval_cfg = self.cfg.dataset.eval
         return predict(lambda t: model(t).logits, x, eval_cfg.mode, self.num_classes, int(eval_cfg.crop_size),
-                       float(eval_cfg.stride_ratio), int(eval_cfg.get("window_batch", 4)))
+                       float(eval_cfg.stride_ratio), int(eval_cfg.get("window_batch", 4)),
+                       window=eval_cfg.get("window", "shifted"), scales=list(eval_cfg.get("scales", [1.0])),
+                       flip=bool(eval_cfg.get("flip", False)), average=eval_cfg.get("average", "probs"))
 
     def predict_scores(self, images: torch.Tensor) -> torch.Tensor:
         """Class scores for uint8 images from the inference network."""
@@ -211,8 +213,8 @@ class SemiSegModule(pl.LightningModule):
             confusion.reset()
         self.best_network = max(scores, key=lambda n: float(scores[n][1]))
         iou, miou = scores[self.best_network]
-        self.last_val = {"mIoU": float(miou), "per_class_IoU": dict(zip(self.class_names, iou.tolist())),
-                         "network": self.best_network}
+        self.last_val = {"mIoU": float(miou), "mIoU_all_classes": float(mean_iou_all_classes(iou)),
+                         "per_class_IoU": dict(zip(self.class_names, iou.tolist())), "network": self.best_network}
         self.log("val/mIoU", miou.float(), prog_bar=True)
         if len(scores) > 1:
             self.log_dict({f"val/mIoU_{name}": m.float() for name, (_, m) in scores.items()})

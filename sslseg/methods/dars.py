@@ -35,7 +35,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from sslseg.inference import predict_logits
+from sslseg.inference import predict
 from sslseg.methods.base import SemiSegModule
 
 
@@ -76,7 +76,9 @@ class DARS(SemiSegModule):
         return label.to(torch.uint8), conf.half()
 
     def generation_logits(self, x: torch.Tensor) -> torch.Tensor:
-        """Logits of the normalised image with the generation protocol (sliding windows, flip)."""
+        """Logits of the normalised image with the generation protocol: the shared prediction protocol
+        (sslseg/inference.py) averaging logits over windows and flips, as semseg's `scale_process`."""
         gen = self.cfg.method.generation
-        return predict_logits(lambda t: self.model(t).logits, x, gen.mode, self.num_classes, int(gen.crop_size),
-                              float(gen.stride_ratio), flip=bool(gen.flip))
+        return predict(lambda t: self.model(t).logits, x, gen.mode, self.num_classes, int(gen.crop_size),
+                       float(gen.stride_ratio), int(gen.get("window_batch", 4)), window="shifted",
+                       flip=bool(gen.flip), average="logits")
