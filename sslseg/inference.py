@@ -25,9 +25,11 @@ DARS's pseudo-label generation). It applies to every average: overlapping window
 `scales: [1.0]`, `flip: false` (every dataset's default) runs exactly the single-view code path: whole
 and centre-crop return raw logits, sliding returns averaged probabilities (with `average: probs`).
 
-Deliberate differences from the references: the scale is relative to the image's own size (the
-references resize the long side to a fixed `base_size` x scale); images and scores are resized with
-bilinear interpolation, align_corners=True (DARS resizes the raw image with OpenCV).
+`base_size` (DARS's semseg protocol): the long side is resized to round(scale · base_size) instead of
+the image's own size times the scale (VOC: 400 with 321 windows; Cityscapes 2048 or 1024).
+
+Deliberate difference from the references: images and scores are resized with bilinear interpolation,
+align_corners=True, on the normalised tensor (DARS resizes the raw image with OpenCV).
 """
 
 from __future__ import annotations
@@ -113,9 +115,18 @@ def _resize(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
                                                                       align_corners=True)
 
 
+def _scaled_size(h: int, w: int, scale: float, base_size: int | None) -> tuple[int, int]:
+    """Relative to the image (round(s·H) x round(s·W)), or semseg's: the long side = round(s·base_size)."""
+    if not base_size:
+        return max(1, round(h * scale)), max(1, round(w * scale))
+    long_side = round(scale * base_size)
+    return (long_side, max(1, round(long_side / h * w))) if h > w else (max(1, round(long_side / w * h)), long_side)
+
+
 def predict(logits_fn: Logits, image: torch.Tensor, mode: str, num_classes: int, crop: int,
             stride_ratio: float = 2 / 3, window_batch: int = 8, *, window: str = "shifted",
-            scales: Sequence[float] = (1.0,), flip: bool = False, average: str = "probs") -> torch.Tensor:
+            scales: Sequence[float] = (1.0,), flip: bool = False, average: str = "probs",
+            base_size: int | None = None) -> torch.Tensor:
     """Scores (B, K, H, W) whose argmax is the prediction, for a normalised image batch (module docstring)."""
     if mode not in MODES:
         raise UserError(f"dataset.eval.mode must be whole, center_crop or sliding, got {mode!r}")
@@ -127,7 +138,7 @@ def predict(logits_fn: Logits, image: torch.Tensor, mode: str, num_classes: int,
     if not scales or min(scales) <= 0:
         raise UserError(f"dataset.eval.scales must be a non-empty list of positive numbers, got {scales}")
     stride = max(1, int(crop * stride_ratio))
-    single_view = scales == [1.0] and not flip
+    single_view = scales == [1.0] and not flip and not base_size
 
     if single_view and mode != "sliding":  # nothing is averaged: the raw logits
         return logits_fn(image) if mode == "whole" else center_crop_logits(logits_fn, image, crop)
@@ -143,7 +154,7 @@ def predict(logits_fn: Logits, image: torch.Tensor, mode: str, num_classes: int,
     h, w = image.shape[-2:]
     total = None
     for s in scales:
-        x = _resize(image, (max(1, round(h * s)), max(1, round(w * s))))
+        x = _resize(image, _scaled_size(h, w, s, base_size))
         if mode == "whole":
             out = scores_fn(x)
         elif mode == "center_crop":
@@ -153,3 +164,13 @@ def predict(logits_fn: Logits, image: torch.Tensor, mode: str, num_classes: int,
         out = _resize(out, (h, w))
         total = out if total is None else total + out
     return total / len(scales)
+
+
+def predict_with(logits_fn: Logits, image: torch.Tensor, num_classes: int, protocol) -> torch.Tensor:
+    """`predict` with a protocol mapping (a dataset's `eval` section, DARS's `method.generation`):
+    mode, crop_size, stride_ratio, window_batch, window, scales, flip, average, base_size."""
+    return predict(logits_fn, image, protocol.get("mode", "whole"), num_classes, int(protocol["crop_size"]),
+                   float(protocol.get("stride_ratio", 2 / 3)), int(protocol.get("window_batch", 4)),
+                   window=protocol.get("window", "shifted"), scales=list(protocol.get("scales", [1.0])),
+                   flip=bool(protocol.get("flip", False)), average=protocol.get("average", "probs"),
+                   base_size=protocol.get("base_size"))

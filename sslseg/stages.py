@@ -21,7 +21,7 @@ from pathlib import Path
 
 import lightning.pytorch as pl
 import torch
-from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader
 
@@ -61,18 +61,18 @@ def run_stages(cfg: DictConfig, cls, run_dir: Path) -> dict:
         if kind == "train":
             done = stage_dir / "results.json"
             if done.is_file():
-                rank_zero_info(f"stage {name}: done, skipped")
+                _say(f"stage {name}: done, skipped")
                 results = json.loads(done.read_text())
             else:
                 stage_cfg = stage_config(cfg, stage, epochs_before)
                 streams = ("labeled", "pseudo") if pseudo_list is not None else ("labeled",)
                 last = stage_dir / "checkpoints" / "last.ckpt"
                 resume = last.is_file()
-                rank_zero_info(f"stage {name}: {'resuming' if resume else 'training'} ({', '.join(streams)})")
+                _say(f"stage {name}: {'resuming' if resume else 'training'} ({', '.join(streams)})")
                 handover = None if resume or last_train is None else last_train / "checkpoints" / "last.ckpt"
                 results = fit(stage_cfg, cls, stage_dir, ckpt_path=str(last) if resume else None, streams=streams,
-                              pseudo_list=pseudo_list, handover=handover)
-                _write(done, results | {"stage": name})
+                              pseudo_list=pseudo_list, handover=handover) | {"stage": name}
+                _write(done, results)
             summary[name] = {"best_val_mIoU": results["best_val_mIoU"], "final_val_mIoU": results["final_val_mIoU"],
                              "steps": results["steps"]}
             epochs_before += int(stage.epochs)
@@ -82,9 +82,9 @@ def run_stages(cfg: DictConfig, cls, run_dir: Path) -> dict:
                 raise UserError(f"method.stages.{name}: a generate stage needs a train stage before it")
             pseudo_list = stage_dir / LIST_NAME
             if pseudo_list.is_file():
-                rank_zero_info(f"stage {name}: done, skipped")
+                _say(f"stage {name}: done, skipped")
             else:
-                rank_zero_info(f"stage {name}: generating pseudo-labels")
+                _say(f"stage {name}: generating pseudo-labels")
                 generate(cfg, cls, stage_dir, last_train / "checkpoints" / "last.ckpt", stage)
             summary[name] = json.loads((stage_dir / "stats.json").read_text())["summary"]
     if results is None:
@@ -146,6 +146,12 @@ def generate(cfg: DictConfig, cls, out_dir: Path, weights: Path, stage: DictConf
     trainer.strategy.barrier()
 
 
+@rank_zero_only
+def _say(message: str) -> None:
+    print(message, flush=True)
+
+
 def _write(path: Path, results: dict) -> None:
     if pl.utilities.rank_zero_only.rank == 0:
+        path.parent.mkdir(parents=True, exist_ok=True)
         write_results(path, results)

@@ -159,3 +159,19 @@ def test_miou_over_present_classes_and_over_all_k():
     iou, miou = iou_from_confusion(metric.compute())
     assert math.isclose(miou.item(), 100 / 3)  # (1/3 + 2/3 + 0) / 3 classes present
     assert math.isclose(mean_iou_all_classes(iou).item(), 25.0)  # (1/3 + 2/3 + 0 + 0) / 4
+
+
+def test_base_size_resizes_the_long_side_as_semseg():
+    seen = []
+
+    def model(x):
+        seen.append(tuple(x.shape[-2:]))
+        return torch.zeros(x.shape[0], 2, *x.shape[-2:])
+
+    out = predict(model, torch.randn(1, 3, 300, 500), "whole", num_classes=2, crop=64, base_size=400,
+                  scales=[1.0, 0.5])
+    # long side 500 -> 400 (short side round(400/500·300) = 240), and -> round(0.5·400) = 200 (120)
+    assert seen == [(240, 400), (120, 200)] and out.shape == (1, 2, 300, 500)
+    seen.clear()
+    predict(model, torch.randn(1, 3, 500, 300), "whole", num_classes=2, crop=64, base_size=400)
+    assert seen == [(400, 240)]  # a portrait image: the height is the long side

@@ -97,6 +97,8 @@ def test_unimatch_threshold_comes_from_the_dataset():
 
 
 EXPERIMENTS = sorted(p.stem for p in (Path(__file__).parents[1] / "conf" / "experiment").glob("*.yaml"))
+ONLINE_PRESETS = [name for name in EXPERIMENTS if not name.startswith("dars")]
+DARS_PRESETS = [name for name in EXPERIMENTS if name.startswith("dars")]
 
 
 # The references' configs: crop, epochs, lr, head multiplier, labeled criterion (and min_kept).
@@ -110,7 +112,7 @@ REFERENCE = {
 }
 
 
-@pytest.mark.parametrize("name", EXPERIMENTS)
+@pytest.mark.parametrize("name", ONLINE_PRESETS)
 def test_every_preset_composes_to_the_published_setting(name):
     from omegaconf import OmegaConf
 
@@ -142,3 +144,46 @@ def test_every_preset_composes_to_the_published_setting(name):
 def test_preset_split_can_be_overridden():
     cfg = compose_cfg(["experiment=daw_pascal", "split=92"])
     assert str(cfg.split) == "92" and cfg.dataset.crop_size == 513
+
+
+# CVMI-Lab/DARS configs: (split, backbone, crop, GPUs, global batch round 0, global batch later rounds per
+# stream, lr, epochs per round, labeling ratios, scale ranges of rounds 0/1/2, test base size).
+DARS_REFERENCE = {
+    "dars_pascal": ("1464", "resnet50_psp", 321, 4, 16, 8, 0.01, 50, (0.4, 0.5),
+                    ([0.5, 1.5], [0.5, 1.5], [0.5, 2.0]), 400),
+    "dars_cityscapes": ("1_8", "resnet50_psp", 713, 4, 16, 8, 0.01, 200, (0.4, 0.65),
+                        ([0.5, 2.0], [0.5, 2.0], [0.5, 3.0]), 2048),
+    "dars_cityscapes_1_4": ("1_4", "resnet50_psp", 713, 8, 16, 8, 0.01, 200, (0.4, 0.65),
+                            ([0.5, 2.0], [0.5, 2.0], [0.4, 2.5]), 2048),
+    "dars_cityscapes_361": ("1_8", "resnet50_psp", 361, 2, 16, 8, 0.01, 200, (0.2, 0.5),
+                            ([0.25, 1.0], [0.25, 1.0], [0.2, 1.5]), 1024),
+    "dars_cityscapes_361_1_4": ("1_4", "resnet50_psp", 361, 2, 16, 8, 0.01, 200, (0.4, 0.6),
+                                ([0.25, 1.0], [0.25, 1.0], [0.2, 1.5]), 1024),
+    "dars_cityscapes_deeplabv2": ("1_8", "resnet101_deeplabv2", 361, 2, 16, 4, 0.002, 200, (0.2, 0.45),
+                                  ([0.25, 1.0], [0.25, 1.0], [0.25, 1.0]), 1024),
+}
+
+
+@pytest.mark.parametrize("name", DARS_PRESETS)
+def test_dars_presets_are_the_released_configs(name):
+    from omegaconf import OmegaConf
+
+    from sslseg.stages import stage_config
+
+    split, backbone, crop, gpus, batch0, batch, lr, epochs, ratios, scales, base = DARS_REFERENCE[name]
+    cfg = compose_cfg([f"experiment={name}"])
+    stages = cfg.method.stages
+    assert list(stages) == ["round0", "pseudo1", "round1", "pseudo2", "round2"]
+    rounds = [OmegaConf.to_container(stage_config(cfg, stages[r], 0), resolve=True) for r in ("round0", "round1",
+                                                                                             "round2")]
+    assert (str(cfg.split), cfg.backbone.name, cfg.dataset.crop_size, cfg.trainer.devices) == (split, backbone, crop,
+                                                                                                gpus)
+    assert (crop - 1) % 8 == 0  # semseg's output size (H-1)/8·8+1 equals H only for these crops
+    assert rounds[0]["data"]["batch_size"] * gpus == batch0 and rounds[1]["data"]["batch_size"] * gpus == batch
+    assert rounds[0]["data"]["epoch_length"] == ("unlabeled" if backbone == "resnet101_deeplabv2" else "labeled")
+    assert [r["optim"]["lr"] for r in rounds] == [lr] * 3 and [stages[r].epochs for r in ("round0", "round1",
+                                                                                          "round2")] == [epochs] * 3
+    assert (stages.pseudo1.labeling_ratio, stages.pseudo2.labeling_ratio) == ratios
+    assert tuple(r["dataset"]["scale_range"] for r in rounds) == scales
+    assert cfg.dataset.eval.base_size == cfg.method.generation.base_size == base
+    assert all(r["data"]["geometric_aug"] == {"rotate": 10, "blur_p": 0.5, "pad": "mean"} for r in rounds)

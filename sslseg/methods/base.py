@@ -22,7 +22,7 @@ from torch import nn
 
 from sslseg.data.transforms import IGNORE_INDEX, IMAGENET_MEAN, IMAGENET_STD
 from sslseg.errors import UserError
-from sslseg.inference import predict
+from sslseg.inference import predict_with
 from sslseg.losses import build_criterion
 from sslseg.methods.teacher import Teacher
 from sslseg.metrics import confusion_matrix_metric, iou_from_confusion, mean_iou_all_classes
@@ -186,11 +186,7 @@ class SemiSegModule(pl.LightningModule):
     # -- validation ------------------------------------------------------------------------------
     def _scores(self, model: nn.Module, x: torch.Tensor) -> torch.Tensor:
         """Class scores (B, K, H, W) of a normalised batch, with the dataset's evaluation protocol."""
-        eval_cfg = self.cfg.dataset.eval
-        return predict(lambda t: model(t).logits, x, eval_cfg.mode, self.num_classes, int(eval_cfg.crop_size),
-                       float(eval_cfg.stride_ratio), int(eval_cfg.get("window_batch", 4)),
-                       window=eval_cfg.get("window", "shifted"), scales=list(eval_cfg.get("scales", [1.0])),
-                       flip=bool(eval_cfg.get("flip", False)), average=eval_cfg.get("average", "probs"))
+        return predict_with(lambda t: model(t).logits, x, self.num_classes, self.cfg.dataset.eval)
 
     def predict_scores(self, images: torch.Tensor) -> torch.Tensor:
         """Class scores for uint8 images from the inference network."""

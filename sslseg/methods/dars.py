@@ -33,9 +33,8 @@ Differences from the released code:
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
-from sslseg.inference import predict
+from sslseg.inference import predict_with
 from sslseg.methods.base import SemiSegModule
 
 
@@ -61,24 +60,11 @@ class DARS(SemiSegModule):
 
     @torch.no_grad()
     def predict_step(self, batch: dict, batch_idx: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """(pseudo-label uint8, confidence fp16), each (B, H, W) at the image's size."""
+        """(pseudo-label uint8, confidence fp16), each (B, H, W) at the image's size: the generation
+        protocol's averaged logits (long side resized to the base size, sliding windows with flip),
+        then their softmax, in fp16 as released."""
         gen = self.cfg.method.generation
-        image = batch["image"]
-        size = image.shape[-2:]
-        x = self.normalize(image)
-        if gen.get("base_size"):  # semseg's test protocol: the long side resized to the base size
-            scale = float(gen.base_size) / max(size)
-            x = F.interpolate(x, size=[round(s * scale) for s in size], mode="bilinear", align_corners=True)
-        logits = self.generation_logits(x)
-        logits = F.interpolate(logits, size=size, mode="bilinear", align_corners=True)
+        logits = predict_with(lambda t: self.model(t).logits, self.normalize(batch["image"]), self.num_classes, gen)
         probs = logits.half().softmax(1) if gen.fp16_softmax else logits.float().softmax(1)
         conf, label = probs.max(1)
         return label.to(torch.uint8), conf.half()
-
-    def generation_logits(self, x: torch.Tensor) -> torch.Tensor:
-        """Logits of the normalised image with the generation protocol: the shared prediction protocol
-        (sslseg/inference.py) averaging logits over windows and flips, as semseg's `scale_process`."""
-        gen = self.cfg.method.generation
-        return predict(lambda t: self.model(t).logits, x, gen.mode, self.num_classes, int(gen.crop_size),
-                       float(gen.stride_ratio), int(gen.get("window_batch", 4)), window="shifted",
-                       flip=bool(gen.flip), average="logits")
