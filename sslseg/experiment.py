@@ -48,6 +48,9 @@ def trainer_kwargs(cfg: DictConfig) -> dict:
     gpu = uses_gpu(cfg.trainer)
     if kwargs.get("precision") == "auto":
         kwargs["precision"] = "bf16-mixed" if gpu else "32-true"
+    if cfg.method.get("find_unused_parameters") and kwargs.get("strategy") == "ddp":
+        # a method whose graph leaves some parameters out in some steps (DDFP's epoch 0)
+        kwargs["strategy"] = "ddp_find_unused_parameters_true"
     if kwargs.get("sync_batchnorm") and not gpu:
         # torch's SyncBatchNorm runs on CUDA only; CPU processes normalise with their own batch.
         rank_zero_info("trainer.sync_batchnorm ignored on CPU (SyncBatchNorm needs GPUs)")
@@ -170,7 +173,7 @@ def fit(cfg: DictConfig, cls: type[SemiSegModule], out_dir: Path, ckpt_path: str
 
     return {
         "method": cfg.method.name, "dataset": cfg.dataset.name, "split": str(cfg.split),
-        "backbone": cfg.backbone.name, "decoder": cfg.model.name, "seed": int(cfg.seed),
+        "backbone": module.cfg.backbone.name, "decoder": module.cfg.model.name, "seed": int(cfg.seed),
         "best_val_mIoU": best["mIoU"], "final_val_mIoU": final["mIoU"],
         # The references' mean over all K classes (absent ones count 0); *_val_mIoU averages the classes present.
         "best_val_mIoU_all_classes": best["mIoU_all_classes"], "final_val_mIoU_all_classes": final["mIoU_all_classes"],

@@ -83,7 +83,7 @@ def test_bad_inputs_end_with_one_line(data_dir, tmp_path):
     assert not list(tmp_path.rglob("results.json"))
 
 
-@pytest.mark.parametrize("method", ["fixmatch", "unimatch", "dssn"])
+@pytest.mark.parametrize("method", ["fixmatch", "unimatch", "dssn", "ddfp"])
 def test_each_method_runs_five_steps(data_dir, tmp_path, method):
     run = run_cli("train.py", f"method={method}", "dataset=toy", *_common(data_dir, tmp_path), *FAST)
     assert run.returncode == 0, run.stderr[-3000:]

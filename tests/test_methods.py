@@ -109,6 +109,7 @@ REFERENCE = {
     "daw_pascal": (513, 80, 0.001, 10.0, "ce"),  # DAW configs/pascal.yaml: UniMatch's with crop 513
     "dssn_pascal": (513, 100, 0.002, 10.0, "ce"),  # DSSN voc/configs/pascal.yaml
     "dssn_cityscapes": (801, 240, 0.005, 1.0, "ohem"),  # DSSN city/configs/cityscapes.yaml (min_kept 100000)
+    "ddfp_pascal": (513, 80, 0.001, 10.0, "ce"),  # DDFP exp/pascal/732/exp/config.yaml
 }
 
 
@@ -120,7 +121,9 @@ def test_every_preset_composes_to_the_published_setting(name):
     cfg = compose_cfg([f"experiment={name}"])
     OmegaConf.resolve(cfg)
     assert cfg.method.name == method and cfg.dataset.name == dataset.removesuffix("_blended")
-    assert cfg.trainer.strategy == "ddp" and cfg.trainer.devices == 4 and cfg.data.batch_size == 2
+    # 4 GPUs x (2 labeled + 2 unlabeled); DDFP's U2PL setting 4 GPUs x (4 + 4)
+    expected_batch = 4 if name == "ddfp_pascal" else 2
+    assert cfg.trainer.strategy == "ddp" and cfg.trainer.devices == 4 and cfg.data.batch_size == expected_batch
     # The papers' backbones: deep-stem ResNet-101, Xception-65 on COCO (UniMatch configs/coco.yaml).
     assert cfg.backbone.name == ("xception65" if cfg.dataset.name == "coco" else "resnet101")
     assert cfg.model.name == "deeplabv3plus" and list(cfg.model.aspp_dilations) == [6, 12, 18]
@@ -129,10 +132,13 @@ def test_every_preset_composes_to_the_published_setting(name):
     assert (cfg.dataset.crop_size, cfg.dataset.epochs, cfg.optim.lr, cfg.optim.lr_multiplier, criterion.name) == setting
     if criterion.name == "ohem":
         assert criterion.min_kept == (100_000 if method == "dssn" else 200_000)
-    expected_split = {"pascal": "1464", "cityscapes": "1_16", "coco": "1_512"}[cfg.dataset.name]
+    expected_split = {"pascal": "732" if method == "ddfp" else "1464", "cityscapes": "1_16",
+                      "coco": "1_512"}[cfg.dataset.name]
     assert str(cfg.split) == ("1_16" if dataset.endswith("blended") else expected_split)
     if method in ("fixmatch", "unimatch"):
         assert cfg.method.conf_thresh == (0.0 if cfg.dataset.name == "cityscapes" else 0.95)
+    if name == "ddfp_pascal":  # U2PL's centre-crop evaluation
+        assert (cfg.dataset.eval.mode, cfg.dataset.eval.crop_size) == ("center_crop", 513)
     if method == "dssn":  # class-aware selection and the extra strong ops on Pascal; τ = 0 and warm-up on Cityscapes
         pascal = cfg.dataset.name == "pascal"
         assert cfg.method.selection == ("class_aware" if pascal else "threshold")

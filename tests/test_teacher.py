@@ -58,6 +58,17 @@ def test_copy_warm_up_epochs():
     assert float(teacher.network[0].weight) == pytest.approx(0.996 * 7.0 + 0.004 * 9.0)
 
 
+def test_shared_schedule_follows_the_students_parameters_but_keeps_its_own_buffers():
+    student = _student()
+    teacher = Teacher(student, decay=0.999, schedule="shared", copy_epochs=2)  # DDFP as released
+    _set(student, 3.0, 5.0, 1)
+    teacher.update(student, step=0, epoch=0)  # copy epochs: everything
+    assert float(teacher.network[0].weight) == 3.0 and float(teacher.network[1].running_mean) == 5.0
+    _set(student, 7.0, 9.0, 2)
+    teacher.update(student, step=500, epoch=2)  # after them: the parameters, not the BN buffers
+    assert float(teacher.network[0].weight) == 7.0 and float(teacher.network[1].running_mean) == 5.0
+
+
 @pytest.mark.parametrize("train_mode_epochs,epoch,expected", [
     (0, 0, False),      # DAW: always eval
     (1, 0, True),       # DSSN as released: batch statistics during epoch 0 ...

@@ -27,6 +27,7 @@ from sslseg.losses import build_criterion
 from sslseg.methods.teacher import Teacher
 from sslseg.metrics import confusion_matrix_metric, iou_from_confusion, mean_iou_all_classes
 from sslseg.models import Segmentor, build_segmentor
+from sslseg.models.segmentor import method_network
 
 EVALUATED = {"student": ("model",), "teacher": ("teacher",), "both": ("model", "teacher")}
 
@@ -45,6 +46,8 @@ class SemiSegModule(pl.LightningModule):
     def __init__(self, cfg: DictConfig | dict, load_pretrained: bool = True):
         super().__init__()
         cfg = cfg if isinstance(cfg, DictConfig) else OmegaConf.create(cfg)
+        cfg = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
+        cfg.backbone, cfg.model = method_network(cfg.backbone, cfg.model, cfg.method.get("network"))
         self.save_hyperparameters({"cfg": OmegaConf.to_container(cfg, resolve=True)})
         self.cfg = OmegaConf.create(self.hparams["cfg"])
         self.num_classes = int(self.cfg.dataset.num_classes)

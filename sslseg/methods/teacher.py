@@ -4,8 +4,10 @@ After each training step i (0-based) of the student S, T ← d·T + (1 − d)·S
 floating-point buffers (BN running statistics); integer buffers (`num_batches_tracked`) follow S.
 The decay d (`method.teacher`):
 
-  schedule: ramp      d = min(1 − 1/(i + 1), decay)    DAW (0.999)
-  schedule: constant  d = decay                        DSSN (0.996), DDFP (0.999)
+  schedule: ramp      d = min(1 − 1/(i + 1), decay)    DAW (0.999), DDFP (0.999)
+  schedule: constant  d = decay                        DSSN (0.996)
+  schedule: shared    the parameters are the student's, the BN buffers the teacher's own: DDFP as
+                      released (U2PL's `t.data = s.data` makes them share storage)
 
 and d = 0, a copy of S, while the teacher is *copying*: at step 0 (DSSN's teacher starts from its own
 random head, so its first update is a copy; the ramp gives 0 there anyway) and during the first
@@ -25,7 +27,7 @@ import copy
 import torch
 from torch import nn
 
-SCHEDULES = ("ramp", "constant")
+SCHEDULES = ("ramp", "constant", "shared")
 
 
 class Teacher(nn.Module):
@@ -58,6 +60,10 @@ class Teacher(nn.Module):
         """T ← d·T + (1 − d)·S after the student's training step `step` of epoch `epoch`."""
         weight = 1.0 - self.decay_at(step, epoch)
         student_state = student.state_dict()
+        if self.schedule == "shared" and not self.copying(step, epoch):
+            parameters = dict(self.network.named_parameters())
+            torch._foreach_copy_(list(parameters.values()), [student_state[n].detach() for n in parameters])
+            return
         averaged, current = [], []
         for name, value in self.network.state_dict(keep_vars=True).items():
             if value.dtype.is_floating_point:

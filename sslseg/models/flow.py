@@ -16,8 +16,8 @@ How the pieces map to the released code (Gavinwxy/DDFP `model/flow/*.py`, built 
   (weights and biases) overwritten with 0.05·N(0, 1), in the same parameter order.
 * `GaussianMixturePrior` is DDFP's `FastGMM` with its means as a learnable parameter (the released script passes
   `learnable_mean=True`): identity covariances, uniform weights 1/K. Differences: an unlabeled sample is marked
-  with `UNLABELED` (-1) instead of 300; a label outside {UNLABELED, 0 … K-1} raises instead of silently
-  contributing log p = 0; squared distances are expanded (‖z‖² − 2 z·μ + ‖μ‖²) instead of materialising an
+  with `UNLABELED` (-1) instead of 300 (labels are not checked: that would wait on the GPU every step);
+  squared distances are expanded (‖z‖² − 2 z·μ + ‖μ‖²) instead of materialising an
   N × K × D difference tensor.
 * `FeatureDensity` bundles flow and prior (DDFP's `nf_model` holds both, so its Adam also trains the means) and
   gives the NLL of DDFP's `FlowLoss`: −mean(log p(z) + log|det J|).
@@ -171,8 +171,6 @@ class GaussianMixturePrior(nn.Module):
             return mixture
         labels = labels.long()
         unlabeled = labels == UNLABELED
-        if bool(((labels < 0) & ~unlabeled).any() | (labels >= self.num_classes).any()):
-            raise ValueError(f"labels must be UNLABELED ({UNLABELED}) or a class in [0, {self.num_classes})")
         class_conditional = components.gather(1, labels.clamp(min=0).unsqueeze(1)).squeeze(1)
         return torch.where(unlabeled, mixture, class_conditional)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import NamedTuple
 
 import torch
@@ -67,6 +68,26 @@ class Segmentor(nn.Module):
         parameters, are left out): the head gets lr x lr_multiplier."""
         trainable = lambda module: [p for p in module.parameters() if p.requires_grad]
         return trainable(self.backbone), trainable(self.decoder)
+
+
+MODEL_DIR = Path(__file__).resolve().parents[2] / "conf" / "model"
+SIZE_KEYS = ("aspp_dilations", "aspp_channels", "low_level_channels", "decoder_channels")
+
+
+def method_network(backbone_cfg: DictConfig, model_cfg: DictConfig, network: DictConfig | None):
+    """The network a method needs beyond the dataset's choice (`method.network`): `decoder` names a model
+    config (DDFP: U2PL's DeepLabV3+ with mixed BN), which keeps the chosen decoder's sizes (ASPP rates,
+    widths: the toy set's small ones), and `backbone` holds backbone options (DDFP: U2PL's ceil-mode max
+    pool). Returns (backbone config, model config)."""
+    if not network:
+        return backbone_cfg, model_cfg
+    if network.get("decoder") and network.decoder != model_cfg.name:
+        decoder = OmegaConf.load(MODEL_DIR / f"{network.decoder}.yaml")
+        for key in SIZE_KEYS:
+            if key in model_cfg and key in decoder:
+                decoder[key] = model_cfg[key]
+        model_cfg = decoder
+    return OmegaConf.merge(backbone_cfg, network.get("backbone") or {}), model_cfg
 
 
 def build_segmentor(backbone_cfg: DictConfig, model_cfg: DictConfig, num_classes: int,
