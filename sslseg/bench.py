@@ -144,7 +144,8 @@ def inference_throughput(module, device, size: tuple[int, int], mode: str, windo
 
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description="sslseg benchmark")
-    p.add_argument("--methods", default="supervised,fixmatch,unimatch,daw")
+    p.add_argument("--methods", default="supervised,fixmatch,unimatch,daw,dssn",
+                   help="automatic-optimisation methods (DDFP, DARS and PCT step two optimizers or run stages)")
     p.add_argument("--backbone", default=None, help="default: resnet101 on GPU, tiny on CPU")
     p.add_argument("--crop", type=int, default=None, help="default: 321 on GPU, 64 (the toy's) on CPU")
     p.add_argument("--batch", type=int, default=8, help="labeled = unlabeled batch")

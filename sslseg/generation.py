@@ -31,17 +31,21 @@ LIST_NAME = "pseudo.txt"
 
 
 class ImageDataset(Dataset):
-    """Whole images of a split list (no masks, no augmentation), with their index."""
+    """Whole images of a split list (no masks, no augmentation), with their index and, when given, their
+    image-level class tags."""
 
-    def __init__(self, root: str | Path, samples: list[Sample]):
-        self.root, self.samples = Path(root), samples
+    def __init__(self, root: str | Path, samples: list[Sample], tags: list[np.ndarray] | None = None):
+        self.root, self.samples, self.tags = Path(root), samples, tags
 
     def __len__(self) -> int:
         return len(self.samples)
 
     def __getitem__(self, i: int) -> dict:
         image = read_image(self.root / self.samples[i].image)
-        return {"image": torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))), "index": i}
+        item = {"image": torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))), "index": i}
+        if self.tags is not None:
+            item["tags"] = torch.from_numpy(self.tags[i])
+        return item
 
 
 def label_path(sample: Sample) -> Path:
@@ -99,6 +103,14 @@ def select_and_write(out_dir: Path, samples: list[Sample], indices: list[int], t
         label_file.unlink()
         conf_file.unlink()
     return kept
+
+
+def copy_ground_truth(out_dir: Path, root: Path, samples: list[Sample]) -> None:
+    """The labeled images' masks, saved where their pseudo-labels would go (single-channel PNGs)."""
+    for sample in samples:
+        target = out_dir / label_path(sample)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(np.asarray(Image.open(root / sample.mask)).astype(np.uint8)).save(target)
 
 
 def write_list(out_dir: Path, samples: list[Sample]) -> Path:

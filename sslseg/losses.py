@@ -1,7 +1,10 @@
 """Losses: the supervised criteria (cross-entropy with ignore, UniMatch's OHEM for Cityscapes) and the
-unsupervised terms several methods share (masked cross-entropy, standardised MSE)."""
+terms several methods share (masked cross-entropy, standardised MSE, class-aware cross-entropy and the
+image-tag classification loss)."""
 
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.nn.functional as F
@@ -77,3 +80,34 @@ def standardized_mse(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """MSE between per-pixel standardised logits, averaged over B·K·H·W, gradient into both: DSSN's
     "contrastive" term. Equals 2(K−1)/K · (1 − Pearson r) averaged over pixels."""
     return F.mse_loss(standardize(a), standardize(b))
+
+
+CCE_FLOOR = math.log(1e-5)  # the release's log(p + 1e-5): the log-probability of a class absent from the image
+
+
+def class_aware_log_probs(logits: torch.Tensor, tags: torch.Tensor) -> torch.Tensor:
+    """Log-softmax over the classes present in each image (Learning-Pseudo-Label's CCE, specs §3.1):
+    log p_c = f_c − log Σ_{k present} exp f_k for present classes, computed stably (the max of the present
+    logits subtracted); an absent class gets log(1e-5), the release's floor, so that a target outside the
+    image's classes costs a bounded 11.5 instead of infinity. The release computes
+    log(exp(f_c) / (Σ_k y_k exp(f_k) + 1e-5) + 1e-5) without that subtraction: at ordinary logit scales it
+    differs from this by up to ~0.1 nats, and it caps every pixel's loss near 11.5.
+    logits (B, K, H, W); tags (B, K) bool."""
+    present = tags.bool()[:, :, None, None]
+    masked = logits.float().masked_fill(~present, float("-inf"))
+    log_probs = masked - torch.logsumexp(masked, dim=1, keepdim=True)
+    return torch.where(present, log_probs, torch.full_like(log_probs, CCE_FLOOR))
+
+
+def class_aware_cross_entropy(logits: torch.Tensor, target: torch.Tensor, tags: torch.Tensor,
+                              reduction: str = "mean") -> torch.Tensor:
+    """NLL of the class-aware log-softmax, ignore 255: the mean over non-ignored pixels, or per pixel
+    (reduction="none", 0 at ignored pixels)."""
+    return F.nll_loss(class_aware_log_probs(logits, tags), target, ignore_index=IGNORE_INDEX, reduction=reduction)
+
+
+def tag_classification_loss(logits: torch.Tensor, tags: torch.Tensor) -> torch.Tensor:
+    """Multi-label soft-margin loss of the globally max-pooled logits against the image tags, foreground
+    classes only (class 0, background, left out), as the release's L_cls."""
+    pooled = logits.float().amax(dim=(2, 3))
+    return F.multilabel_soft_margin_loss(pooled[:, 1:], tags[:, 1:].float())

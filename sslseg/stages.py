@@ -1,12 +1,17 @@
 """Offline methods as stages (`method.stages`, in order): one `python train.py` runs them all, each in
 `<run dir>/<stage>/`.
 
-  kind: train      a fit of `epochs` epochs (`overrides`: other config keys for this stage). The first
-                   train stage reads the labeled stream; later ones also the latest pseudo-labels. Each
-                   continues the previous train stage's final weights, optimizer momentum and poly
-                   schedule (the schedule runs over the cumulative epochs, as DARS's resumed rounds).
+  kind: train      a fit of `epochs` epochs, or of `steps` iterations (`overrides`: other config keys
+                   for this stage). `streams`:
+                   the data streams it reads (default: the labeled stream, and the latest pseudo-labels
+                   once there are some). It continues the previous train stage's final weights,
+                   optimizer momentum and poly schedule (the schedule runs over the cumulative epochs, as
+                   DARS's resumed rounds), unless `fresh: true` (PCT's stage 2: a new network).
   kind: generate   pseudo-labels for the unlabeled list from the previous train stage's final weights
-                   (`labeling_ratio`, `thresholds`: dars | cbst); see sslseg/generation.py.
+                   (sslseg/generation.py). `thresholds`: dars (with `labeling_ratio`) | cbst | all (every
+                   pixel keeps its label); `tags: true` hands the images' class tags to the method's
+                   predict step; `with_labeled: true` also lists the labeled images, with their ground
+                   truth (PCT's stage 2 trains on both).
 
 A finished stage is skipped (its results.json, or its pseudo-label list, exists), an interrupted train
 stage resumes from its last checkpoint, an interrupted generation starts over: rerunning the same
@@ -29,7 +34,14 @@ from sslseg.data.datamodule import ShardedEvalSampler
 from sslseg.data.io import read_mask
 from sslseg.data.splits import check_files_exist, read_split_file, split_files
 from sslseg.errors import UserError
-from sslseg.generation import LIST_NAME, ImageDataset, PseudoLabelWriter, select_and_write, write_list
+from sslseg.generation import (
+    LIST_NAME,
+    ImageDataset,
+    PseudoLabelWriter,
+    copy_ground_truth,
+    select_and_write,
+    write_list,
+)
 from sslseg.pseudo_labels import cbst_thresholds, class_targets, dars_thresholds, labeled_prior
 from sslseg.results import write_results
 
@@ -40,7 +52,11 @@ def stage_config(cfg: DictConfig, stage: DictConfig, epochs_before: int) -> Dict
     """The run's config for one train stage: `method.overrides` (every stage), the stage's own
     `overrides` (nested config keys), its epochs and the schedule offset."""
     out = OmegaConf.merge(cfg, cfg.method.get("overrides") or {}, stage.get("overrides") or {})
-    OmegaConf.update(out, "dataset.epochs", int(stage.epochs))
+    if stage.get("steps"):  # a budget in iterations (Learning-Pseudo-Label's): epochs run until it is spent
+        OmegaConf.update(out, "dataset.epochs", -1)
+        OmegaConf.update(out, "trainer.max_steps", int(stage.steps))
+    else:
+        OmegaConf.update(out, "dataset.epochs", int(stage.epochs))
     OmegaConf.update(out, "optim.schedule_offset_epochs", epochs_before, force_add=True)
     return out
 
@@ -64,18 +80,19 @@ def run_stages(cfg: DictConfig, cls, run_dir: Path) -> dict:
                 _say(f"stage {name}: done, skipped")
                 results = json.loads(done.read_text())
             else:
-                stage_cfg = stage_config(cfg, stage, epochs_before)
-                streams = ("labeled", "pseudo") if pseudo_list is not None else ("labeled",)
+                fresh = bool(stage.get("fresh", False))
+                stage_cfg = stage_config(cfg, stage, 0 if fresh else epochs_before)
+                streams = tuple(stage.get("streams") or (("labeled", "pseudo") if pseudo_list else ("labeled",)))
                 last = stage_dir / "checkpoints" / "last.ckpt"
                 resume = last.is_file()
                 _say(f"stage {name}: {'resuming' if resume else 'training'} ({', '.join(streams)})")
-                handover = None if resume or last_train is None else last_train / "checkpoints" / "last.ckpt"
+                handover = None if resume or fresh or last_train is None else last_train / "checkpoints" / "last.ckpt"
                 results = fit(stage_cfg, cls, stage_dir, ckpt_path=str(last) if resume else None, streams=streams,
                               pseudo_list=pseudo_list, handover=handover) | {"stage": name}
                 _write(done, results)
             summary[name] = {"best_val_mIoU": results["best_val_mIoU"], "final_val_mIoU": results["final_val_mIoU"],
                              "steps": results["steps"]}
-            epochs_before += int(stage.epochs)
+            epochs_before = int(stage.get("epochs") or 0) + (0 if stage.get("fresh") else epochs_before)
             last_train = stage_dir
         else:
             if last_train is None:
@@ -93,8 +110,8 @@ def run_stages(cfg: DictConfig, cls, run_dir: Path) -> dict:
 
 
 def generate(cfg: DictConfig, cls, out_dir: Path, weights: Path, stage: DictConfig) -> None:
-    """Pseudo-labels for the unlabeled list of `cfg.split` (sslseg/generation.py), written into
-    `out_dir`, with the stage's labeling ratio and threshold rule."""
+    """Pseudo-labels for the unlabeled list of `cfg.split` (sslseg/generation.py), written into `out_dir`,
+    by the network of `weights` (rebuilt from that checkpoint's own config), with the stage's rule."""
     from sslseg.experiment import trainer_kwargs
 
     root = Path(cfg.paths.data_root)
@@ -103,46 +120,58 @@ def generate(cfg: DictConfig, cls, out_dir: Path, weights: Path, stage: DictConf
     check_files_exist(samples, root, files.unlabeled, with_masks=False)
     labeled = read_split_file(files.labeled, need_masks=True)
     num_classes = int(cfg.dataset.num_classes)
+    tags = None
+    if stage.get("tags"):
+        from sslseg.data.tags import image_tags
 
-    cfg = OmegaConf.merge(cfg, cfg.method.get("overrides") or {})
-    module = cls(cfg, load_pretrained=False)
-    module.load_state_dict(torch.load(weights, map_location="cpu", weights_only=False)["state_dict"])
+        tags_file = cfg.dataset.get("tags_file")
+        tags = image_tags(samples, root, num_classes, cfg.dataset.get("layout", ""),
+                          tags_file=Path(tags_file) if tags_file else None)
+
+    checkpoint = torch.load(weights, map_location="cpu", weights_only=False)
+    module = cls(checkpoint["hyper_parameters"]["cfg"], load_pretrained=False)
+    module.load_state_dict(checkpoint["state_dict"])
     writer = PseudoLabelWriter(out_dir, num_classes)
     kwargs = trainer_kwargs(cfg) | {"logger": False, "enable_checkpointing": False, "callbacks": [writer]}
     trainer = pl.Trainer(**kwargs, default_root_dir=str(out_dir))
-    dataset = ImageDataset(root, samples)
+    dataset = ImageDataset(root, samples, tags)
     sampler = ShardedEvalSampler(dataset, trainer.world_size, trainer.global_rank) if trainer.world_size > 1 else None
     loader = DataLoader(dataset, batch_size=1, sampler=sampler, num_workers=int(cfg.data.num_workers))
     trainer.predict(module, dataloaders=loader, return_predictions=False)
 
     histogram = writer.summed_histogram(trainer)
     total = int(histogram.sum())
-    ratio = float(stage.labeling_ratio)
     rule = stage.get("thresholds", "dars")
+    targets = None
     if rule == "dars":
         prior = labeled_prior((read_mask(root / s.mask, num_classes) for s in labeled), num_classes)
-        targets = class_targets(prior, ratio, total)
+        targets = class_targets(prior, float(stage.labeling_ratio), total)
         thresholds, ratios = dars_thresholds(histogram, targets)
     elif rule == "cbst":
-        targets = None
-        thresholds, ratios = cbst_thresholds(histogram, ratio)
+        thresholds, ratios = cbst_thresholds(histogram, float(stage.labeling_ratio))
+    elif rule == "all":
+        thresholds, ratios = torch.full((num_classes,), float("-inf")), torch.ones(num_classes, dtype=torch.float64)
     else:
-        raise UserError(f"method.stages.{out_dir.name}.thresholds must be dars or cbst, got {rule!r}")
+        raise UserError(f"method.stages.{out_dir.name}.thresholds must be dars, cbst or all, got {rule!r}")
     kept = torch.from_numpy(select_and_write(out_dir, samples, writer.indices, thresholds, ratios, int(cfg.seed)))
     if trainer.world_size > 1:
         kept = trainer.strategy.reduce(kept.to(trainer.strategy.root_device), reduce_op="sum").cpu()
     if trainer.is_global_zero:
         kept = kept[:num_classes]
+        listed = samples
+        if stage.get("with_labeled"):
+            copy_ground_truth(out_dir, root, labeled)
+            listed = labeled + samples
         stats = {
-            "labeling_ratio": ratio, "thresholds_rule": rule, "unlabeled_pixels": total,
+            "labeling_ratio": stage.get("labeling_ratio"), "thresholds_rule": rule, "unlabeled_pixels": total,
             "targets": None if targets is None else targets.tolist(),
-            "thresholds": [None if t == float("inf") else t for t in thresholds.tolist()],
+            "thresholds": [None if abs(t) == float("inf") else t for t in thresholds.tolist()],
             "sampling_ratios": ratios.tolist(), "kept_pixels": kept.tolist(),
             "summary": {"labeled_share": round(int(kept.sum()) / max(total, 1), 4),
                         "kept_class_share": [round(int(k) / max(int(kept.sum()), 1), 4) for k in kept]},
         }
         (out_dir / "stats.json").write_text(json.dumps(stats, indent=2) + "\n")
-        write_list(out_dir, samples)
+        write_list(out_dir, listed)
     trainer.strategy.barrier()
 
 

@@ -7,7 +7,10 @@ Training streams (what a method asks for through its `data_streams`):
              images than `unlabeled` at each position: the reference zips two loaders with
              identical samplers and so mixes each image with itself (specs §0);
   pseudo     images with the pseudo-labels an offline method generated (`pseudo_list`: a split
-             list whose mask paths start at the list's folder), augmented as the labeled crops.
+             list whose mask paths start at the list's folder), augmented as the labeled crops;
+  tagged     every training image (labeled and unlabeled lists) with its image-level class tags, only
+             cropped; the labeled stream then carries tags too (PCT). Tags come from `dataset.tags_file`
+             or from the masks (sslseg/data/tags.py).
 All streams have the same length, so one epoch = one pass over the unlabeled list (or, with
 `data.epoch_length=labeled` for a labeled-only stage, over the labeled list), and they are zipped
 by Lightning's CombinedLoader. Each stream has its own seeds (shuffle and augmentation), and
@@ -24,12 +27,20 @@ from lightning.pytorch.utilities.combined_loader import CombinedLoader
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
-from sslseg.data.datasets import EpochSampler, EvalDataset, LabeledDataset, UnlabeledDataset, seed_worker
+from sslseg.data.datasets import (
+    EpochSampler,
+    EvalDataset,
+    LabeledDataset,
+    TaggedDataset,
+    UnlabeledDataset,
+    seed_worker,
+)
 from sslseg.data.splits import check_files_exist, read_split_file, split_files
 from sslseg.data.toy import ensure_toy_dataset
 from sslseg.errors import UserError
 
-STREAM_IDS = {"labeled": 0, "unlabeled": 1, "mix": 2, "pseudo": 3}  # each stream's own seeds: (seed, id)
+STREAM_IDS = {"labeled": 0, "unlabeled": 1, "mix": 2, "pseudo": 3, "tagged": 4}
+EPOCH_LENGTHS = ("unlabeled", "labeled", "all")  # each stream's own seeds: (seed, id)
 
 
 class ShardedEvalSampler(DistributedSampler):
@@ -104,16 +115,23 @@ class SemiSegDataModule(pl.LightningDataModule):
 
         crop, scales = int(self.dataset_cfg.crop_size), tuple(self.dataset_cfg.scale_range)
         by = self.data_cfg.get("epoch_length", "unlabeled")
-        if by not in ("unlabeled", "labeled"):
-            raise UserError(f"data.epoch_length must be unlabeled or labeled, got {by!r}")
-        epoch_list, epoch_length = (files.labeled, len(labeled)) if by == "labeled" else (files.unlabeled,
-                                                                                          len(unlabeled))
+        if by not in EPOCH_LENGTHS:
+            raise UserError(f"data.epoch_length must be one of {list(EPOCH_LENGTHS)}, got {by!r}")
+        epoch_list, epoch_length = {"labeled": (files.labeled, len(labeled)),
+                                    "unlabeled": (files.unlabeled, len(unlabeled)),
+                                    "all": (files.unlabeled, len(labeled) + len(unlabeled))}[by]
         if epoch_length < self.data_cfg.batch_size:
             raise UserError(f"{epoch_list} has {epoch_length} images, fewer than data.batch_size")
         seed = lambda name: (self.seed, STREAM_IDS[name])
         geometric_aug = OmegaConf.to_container(self.data_cfg.get("geometric_aug") or OmegaConf.create({}))
+        tags = self._tags(labeled + unlabeled) if "tagged" in self.streams else None
         self.train_sets["labeled"] = LabeledDataset(self.root, labeled, num_classes, crop, scales, length=epoch_length,
-                                                    seed=seed("labeled"), geometric_aug=geometric_aug)
+                                                    seed=seed("labeled"), geometric_aug=geometric_aug,
+                                                    tags=None if tags is None else tags[: len(labeled)])
+        if "tagged" in self.streams:
+            self.train_sets["tagged"] = TaggedDataset(self.root, labeled + unlabeled, tags,
+                                                      [True] * len(labeled) + [False] * len(unlabeled), num_classes,
+                                                      crop, seed=seed("tagged"))
         strong_aug = OmegaConf.to_container(self.data_cfg.strong_aug)
         for name in ("unlabeled", "mix"):
             if name in self.streams:
@@ -127,6 +145,13 @@ class SemiSegDataModule(pl.LightningDataModule):
             self.train_sets["pseudo"] = LabeledDataset(self.root, pseudo, num_classes, crop, scales,
                                                        seed=seed("pseudo"), mask_root=self.pseudo_list.parent,
                                                        geometric_aug=geometric_aug)
+
+    def _tags(self, samples) -> list:
+        from sslseg.data.tags import image_tags
+
+        tags_file = self.dataset_cfg.get("tags_file")
+        return image_tags(samples, self.root, int(self.dataset_cfg.num_classes), self.dataset_cfg.get("layout", ""),
+                          tags_file=Path(tags_file) if tags_file else None)
 
     # -- loaders ----------------------------------------------------------------------------------
     def _loader_kwargs(self) -> dict:

@@ -13,13 +13,22 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+import albumentations as A
+import cv2
 import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
 from sslseg.data.io import read_image, read_mask
 from sslseg.data.splits import Sample
-from sslseg.data.transforms import IGNORE_INDEX, cutmix_box, geometric_transform, seed_transforms, strong_transform
+from sslseg.data.transforms import (
+    IGNORE_INDEX,
+    MEAN_COLOUR,
+    cutmix_box,
+    geometric_transform,
+    seed_transforms,
+    strong_transform,
+)
 
 
 def _to_chw(image: np.ndarray) -> torch.Tensor:
@@ -55,8 +64,9 @@ class LabeledDataset(_Augmented):
 
     def __init__(self, root, samples, num_classes: int, crop_size: int, scale_range=(0.5, 2.0),
                  length: int | None = None, seed: int = 0, mask_root: str | Path | None = None,
-                 geometric_aug: dict | None = None):
+                 geometric_aug: dict | None = None, tags: list[np.ndarray] | None = None):
         self.num_classes = num_classes
+        self.tags = tags
         self.mask_root = Path(mask_root or root)
         self.geometric = geometric_transform(crop_size, tuple(scale_range), mask_fill=IGNORE_INDEX,
                                              **(geometric_aug or {}))
@@ -77,7 +87,10 @@ class LabeledDataset(_Augmented):
         image = read_image(self.root / sample.image)
         mask = read_mask(self.mask_root / sample.mask, self.num_classes)
         out = self.geometric(image=image, mask=mask)
-        return {"image": _to_chw(out["image"]), "mask": torch.from_numpy(out["mask"]).long()}
+        item = {"image": _to_chw(out["image"]), "mask": torch.from_numpy(out["mask"]).long()}
+        if self.tags is not None:
+            item["tags"] = torch.from_numpy(self.tags[self.index[i]])
+        return item
 
 
 class UnlabeledDataset(_Augmented):
@@ -114,6 +127,37 @@ class UnlabeledDataset(_Augmented):
             "box1": torch.from_numpy(cutmix_box(self.crop_size, rng)),
             "box2": torch.from_numpy(cutmix_box(self.crop_size, rng)),
         }
+
+
+class TaggedDataset(_Augmented):
+    """Images with their image-level tags, only cropped (PCT's classification half: the release applies no
+    augmentation there but the random crop, padding with the mean colour). `mask`: the cropped ground
+    truth for the images that have one in the labeled list (`has_mask`), 255 elsewhere."""
+
+    def __init__(self, root, samples, tags: list[np.ndarray], has_mask: list[bool], num_classes: int,
+                 crop_size: int, seed: int = 0):
+        self.num_classes, self.tags, self.has_mask = num_classes, tags, has_mask
+        self.crop = A.Compose([A.RandomCrop(crop_size, crop_size, pad_if_needed=True, border_mode=cv2.BORDER_CONSTANT,
+                                            fill=MEAN_COLOUR, fill_mask=IGNORE_INDEX)], strict=True)
+        super().__init__(root, samples, seed)
+
+    def _pipelines(self):
+        return [self.crop]
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, key: Key) -> dict:
+        i, _ = self._start(key)
+        sample = self.samples[i]
+        image = read_image(self.root / sample.image)
+        if self.has_mask[i]:
+            mask = read_mask(self.root / sample.mask, self.num_classes)
+        else:
+            mask = np.full(image.shape[:2], IGNORE_INDEX, dtype=np.uint8)
+        out = self.crop(image=image, mask=mask)
+        return {"image": _to_chw(out["image"]), "mask": torch.from_numpy(out["mask"]).long(),
+                "tags": torch.from_numpy(self.tags[i]), "has_mask": torch.tensor(self.has_mask[i])}
 
 
 class EvalDataset(Dataset):

@@ -161,17 +161,29 @@ class SemiSegModule(pl.LightningModule):
 
     # -- optimisation ----------------------------------------------------------------------------
     def configure_optimizers(self):
+        optimizer, schedule = self.build_optimizer(self.model)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+
+    def build_optimizer(self, network: Segmentor):
+        """SGD over a segmentor's parameters with its poly schedule: the backbone at lr, the decoder at lr x
+        lr_multiplier, and, when `optim.classifier_lr_multiplier` is set, the decoder's final classifier at
+        lr x that (Learning-Pseudo-Label's 1/1/10 groups)."""
         optim = self.cfg.optim
-        backbone, head = self.model.param_groups()
+        backbone, head = network.param_groups()
+        groups = [{"params": backbone, "lr": optim.lr}]
+        classifier_multiplier = optim.get("classifier_lr_multiplier")
+        if classifier_multiplier:
+            classifier = {id(p) for p in network.decoder.classifier.parameters()}
+            groups += [{"params": [p for p in head if id(p) not in classifier], "lr": optim.lr * optim.lr_multiplier},
+                       {"params": [p for p in head if id(p) in classifier], "lr": optim.lr * classifier_multiplier}]
+        else:
+            groups.append({"params": head, "lr": optim.lr * optim.lr_multiplier})
         fused = optim.get("fused", "auto")
         if fused == "auto":
             fused = self.device.type == "cuda"
-        optimizer = torch.optim.SGD(
-            [{"params": backbone, "lr": optim.lr}, {"params": head, "lr": optim.lr * optim.lr_multiplier}],
-            lr=optim.lr, momentum=optim.momentum, weight_decay=optim.weight_decay, fused=bool(fused) or None,
-        )
-        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, self.poly_factor())
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+        optimizer = torch.optim.SGD(groups, lr=optim.lr, momentum=optim.momentum, weight_decay=optim.weight_decay,
+                                    fused=bool(fused) or None)
+        return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, self.poly_factor())
 
     def poly_factor(self):
         """The poly decay factor at training step i of this fit: (1 - (offset + i - lag)/(offset + total))^power.
@@ -187,7 +199,7 @@ class SemiSegModule(pl.LightningModule):
         return lambda i: (1 - min(max(i - lag, 0) + offset, end) / end) ** power
 
     # -- validation ------------------------------------------------------------------------------
-    def _scores(self, model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    def _scores(self, model: nn.Module, x: torch.Tensor, batch: dict | None = None) -> torch.Tensor:
         """Class scores (B, K, H, W) of a normalised batch, with the dataset's evaluation protocol."""
         return predict_with(lambda t: model(t).logits, x, self.num_classes, self.cfg.dataset.eval)
 
@@ -199,7 +211,7 @@ class SemiSegModule(pl.LightningModule):
         x = self.normalize(batch["image"])  # once, whatever the number of evaluated networks
         preds = {}
         for name, confusion in self.val_confusion.items():
-            preds[name] = self._scores(self.network(name), x).argmax(1)
+            preds[name] = self._scores(self.network(name), x, batch).argmax(1)
             confusion.update(preds[name], batch["mask"])
         self._keep_examples(batch, preds)
 
