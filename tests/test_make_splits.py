@@ -56,3 +56,51 @@ def test_cityscapes_label_ids_to_train_ids(tmp_path):
     convert([str(tmp_path)])
     train_ids = np.array(Image.open(folder / "a_gtFine_labelTrainIds.png"))
     np.testing.assert_array_equal(train_ids, [[0, 1, 13], [18, 255, 255], [255, 255, 255]])
+
+
+def _tiny_voc(root, train_ids, masks="abcdefgh", val_ids="gh"):
+    """A VOC tree with empty files: the pascal generator only lists names."""
+    (root / "SegmentationClass").mkdir(parents=True)
+    for i in masks:
+        (root / "SegmentationClass" / f"{i}.png").touch()
+    (root / "ImageSets/Segmentation").mkdir(parents=True)
+    (root / "ImageSets/Segmentation/train.txt").write_text("\n".join(train_ids) + "\n")
+    (root / "ImageSets/Segmentation/val.txt").write_text("\n".join(val_ids) + "\n")
+    return root
+
+
+def _ids(path):
+    return [line.split()[0].split("/")[1][:-4] for line in path.read_text().splitlines()]
+
+
+def test_pascal_first_n_keeps_train_txt_file_order(tmp_path):
+    root = _tiny_voc(tmp_path / "voc", train_ids="ebfa")  # deliberately not sorted
+    main(["pascal", str(root), str(tmp_path / "out"), "--first", "1", "3", "--labeled", "3"])
+    out = tmp_path / "out"
+    assert _ids(out / "first_1/labeled.txt") == ["e"]
+    assert _ids(out / "first_3/labeled.txt") == ["e", "b", "f"]  # file order, not sorted, not drawn
+    assert _ids(out / "first_3/unlabeled.txt") == ["a", "c", "d"]  # pool a..f (g, h are val) minus labeled
+    assert _ids(out / "first_1/unlabeled.txt") == ["a", "b", "c", "d", "f"]
+    assert (out / "first_3/labeled.txt").read_text().splitlines()[0] == "JPEGImages/e.jpg SegmentationClass/e.png"
+    assert _ids(out / "val.txt") == ["g", "h"]
+    # The random split of the same size sits beside it under its own name, drawn from train.txt's ids.
+    random3 = _ids(out / "3/labeled.txt")
+    assert len(random3) == 3 and set(random3) <= set("ebfa") and (out / "first_3").is_dir()
+
+
+def test_pascal_first_n_errors(tmp_path, capsys):
+    root = _tiny_voc(tmp_path / "voc", train_ids="ebfa")
+    with pytest.raises(SystemExit) as exc:
+        main(["pascal", str(root), str(tmp_path / "out"), "--first", "5"])
+    assert exc.value.code == 2
+    assert capsys.readouterr().err.strip() == (
+        f"error: --first 5: {root / 'ImageSets/Segmentation/train.txt'} lists 4 images")
+    bad = _tiny_voc(tmp_path / "bad", train_ids="bgx")  # g is a val image
+    with pytest.raises(SystemExit):
+        main(["pascal", str(bad), str(tmp_path / "out"), "--first", "2"])
+    assert capsys.readouterr().err.strip() == (
+        f"error: {bad / 'ImageSets/Segmentation/train.txt'} names g, which has no mask in "
+        f"{bad / 'SegmentationClass'} or is in val.txt")
+    with pytest.raises(SystemExit) as exc:
+        main(["cityscapes", str(root), str(tmp_path / "out"), "--first", "2"])
+    assert exc.value.code == 2 and "--first is for the pascal layout" in capsys.readouterr().err

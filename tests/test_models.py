@@ -151,3 +151,109 @@ def test_missing_pretrained_file_says_how_to_fix(tmp_path):
     b.pretrained = str(tmp_path / "nope.pth")
     with pytest.raises(UserError, match=r"pretrained weights not found: .*nope.pth \(set backbone.pretrained"):
         build_segmentor(b, m, num_classes=6)
+
+
+# Learning-Pseudo-Label's DeepLabV3+ options (specs §3.4, conf/model/deeplabv3plus_lpl.yaml).
+
+def _lpl_tiny():
+    """The tiny backbone with the LPL decoder, as a method picks it (method.network): the toy set's
+    decoder sizes, LPL's options, output stride 8."""
+    from sslseg.models.segmentor import method_network
+
+    b, m = _cfgs("tiny", "deeplabv3plus_tiny")
+    network = OmegaConf.create({"decoder": "deeplabv3plus_lpl", "backbone": {"output_stride": 8}})
+    return method_network(b, m, network)
+
+
+def _conv_keys(prefix: str, shape: tuple[int, ...]) -> dict[str, tuple[int, ...]]:
+    return {f"{prefix}.weight": shape}
+
+
+def _bn_keys(prefix: str, channels: int) -> dict[str, tuple[int, ...]]:
+    return {f"{prefix}.{name}": (channels,) for name in ("weight", "bias", "running_mean", "running_var")} | {
+        f"{prefix}.num_batches_tracked": ()}
+
+
+def _decoder_keys(reduce_kernel: int) -> dict[str, tuple[int, ...]]:
+    """UniMatch's decoder on (c1, c4) = (8, 64) channels, ASPP 16, low-level 4, decoder 6, 3 classes."""
+    keys = _conv_keys("aspp.branches.0.0", (16, 64, 1, 1)) | _bn_keys("aspp.branches.0.1", 16)
+    for i in (1, 2, 3):
+        keys |= _conv_keys(f"aspp.branches.{i}.0", (16, 64, 3, 3)) | _bn_keys(f"aspp.branches.{i}.1", 16)
+    keys |= _conv_keys("aspp.branches.4.conv.0", (16, 64, 1, 1)) | _bn_keys("aspp.branches.4.conv.1", 16)
+    keys |= _conv_keys("aspp.project.0", (16, 80, 1, 1)) | _bn_keys("aspp.project.1", 16)
+    keys |= _conv_keys("reduce.0", (4, 8, reduce_kernel, reduce_kernel)) | _bn_keys("reduce.1", 4)
+    keys |= _conv_keys("fuse.0.0", (6, 20, 3, 3)) | _bn_keys("fuse.0.1", 6)
+    keys |= _conv_keys("fuse.1.0", (6, 6, 3, 3)) | _bn_keys("fuse.1.1", 6)
+    return keys | {"classifier.weight": (3, 6, 1, 1), "classifier.bias": (3,)}
+
+
+def test_deeplabv3plus_defaults_keep_unimatch_network_and_keys():
+    from sslseg.models.deeplabv3plus import DeepLabV3Plus
+
+    sizes = dict(in_channels=(8, 16, 32, 64), num_classes=3, aspp_channels=16, low_level_channels=4,
+                 decoder_channels=6)
+    net = DeepLabV3Plus(**sizes)
+    assert {k: tuple(v.shape) for k, v in net.state_dict().items()} == _decoder_keys(1)
+    assert not any(isinstance(m, torch.nn.Dropout | torch.nn.Dropout2d) for m in net.modules())
+    assert len(net.aspp.project) == 3 and net.reduce[0].padding == (0, 0)
+    lpl = DeepLabV3Plus(**sizes, aspp_dropout=0.5, low_level_kernel=3)
+    assert {k: tuple(v.shape) for k, v in lpl.state_dict().items()} == _decoder_keys(3)  # same keys
+    # Train mode without dropout: two passes over the same input agree.
+    c1, c4 = torch.randn(2, 8, 8, 8), torch.randn(2, 64, 4, 4)
+    torch.testing.assert_close(net(c1, c4).logits, net(c1, c4).logits)
+
+
+def test_lpl_aspp_dropout_is_elementwise_and_only_in_train_mode():
+    torch.manual_seed(0)
+    b, m = _lpl_tiny()
+    aspp = build_segmentor(b, m, num_classes=6).decoder.aspp
+    dropout = aspp.project[3]
+    assert type(dropout) is torch.nn.Dropout and dropout.p == 0.5
+    x = torch.randn(2, 512, 6, 6)
+    aspp.eval()
+    clean = aspp(x)
+    torch.testing.assert_close(aspp(x), clean)  # eval: no dropout
+    dropout.train()  # BN stays in eval mode, so only the dropout differs
+    dropped = aspp(x)
+    kept = dropped != 0
+    positive = clean > 0
+    # Kept elements are scaled by 1 / (1 - 0.5); the others are zeroed.
+    torch.testing.assert_close(dropped[kept], 2 * clean[kept])
+    # Element-wise, not per channel (Dropout2d): channels with both kept and dropped positive elements.
+    mixed = ((kept & positive).flatten(2).any(-1) & (~kept & positive).flatten(2).any(-1)).float().mean()
+    assert mixed > 0.9
+    assert 0.4 < (kept & positive).sum() / positive.sum() < 0.6
+
+
+def test_lpl_low_level_reduction_is_3x3():
+    b, m = _lpl_tiny()
+    net = build_segmentor(b, m, num_classes=6)
+    conv = net.decoder.reduce[0]
+    assert tuple(conv.weight.shape) == (16, 64, 3, 3) and conv.padding == (1, 1)
+    # One active input pixel reaches its 3x3 neighbourhood (a 1x1 conv would reach that pixel only).
+    with torch.no_grad():
+        conv.weight.fill_(1.0)
+        x = torch.zeros(1, 64, 8, 8)
+        x[0, :, 4, 4] = 1.0
+        reached = conv(x)[0, 0] != 0
+    assert reached.nonzero().tolist() == [[r, c] for r in (3, 4, 5) for c in (3, 4, 5)]
+
+
+def test_lpl_segmentor_shapes_at_output_stride_8():
+    b, m = _lpl_tiny()
+    assert (m.name, m.aspp_dilations, m.low_level_channels) == ("deeplabv3plus_lpl", [2, 4, 6], 16)  # toy sizes kept
+    net = build_segmentor(b, m, num_classes=6).eval()
+    x = torch.randn(2, 3, 48, 48)
+    c1, c4 = net.encode(x)
+    assert tuple(c1.shape) == (2, 64, 12, 12) and tuple(c4.shape) == (2, 512, 6, 6)  # strides 4 and 8
+    out = net(x)
+    assert tuple(out.logits.shape) == (2, 6, 48, 48) and tuple(out.features.shape) == (2, 64, 12, 12)
+
+
+def test_output_stride_8_dilations_match_learning_pseudo_label_resnet():
+    # The reference's dilated ResNet-S: layer3 at stride 1 with dilation 2 except its first block (1),
+    # layer4 with dilation 4 except its first block (2); the strides of layer3 and layer4 removed.
+    net = DeepStemResNet(layers=[1, 1, 3, 2], stem_width=8, base_width=8, output_stride=8)
+    got = [(blk.conv2.dilation[0], blk.conv2.padding[0], blk.conv2.stride[0]) for blk in [*net.layer3, *net.layer4]]
+    assert got == [(1, 1, 1), (2, 2, 1), (2, 2, 1), (2, 2, 1), (4, 4, 1)]
+    assert net.layer3[0].downsample[0].stride == (1, 1) and net.layer4[0].downsample[0].stride == (1, 1)

@@ -1,6 +1,7 @@
 """Write split lists in UniMatch's format from a dataset folder (seeded).
 
     python -m sslseg.data.make_splits pascal /data/VOC2012 splits/pascal --labeled 92 183 366 732 1464
+    python -m sslseg.data.make_splits pascal /data/VOC2012 splits/pascal --first 92 183 366 732 1464
     python -m sslseg.data.make_splits cityscapes /data/cityscapes splits/cityscapes --fractions 1_16 1_8
     python -m sslseg.data.make_splits coco /data/coco splits/coco --fractions 1_512 1_256
     python -m sslseg.data.make_splits custom /data/mine splits/custom --labeled 50 --val-fraction 0.2
@@ -10,7 +11,9 @@ Layouts (paths relative to the dataset root, as in the lists):
               ImageSets/Segmentation/{train,val}.txt. "Classic" splits: labeled images drawn from
               VOC's own train list (1464 fine annotations), unlabeled = every other image with a
               mask that is not in val (the 10582 train_aug set). `--blended` draws labeled images
-              from the whole pool instead (the 1/16, 1/8, ... protocol).
+              from the whole pool instead (the 1/16, 1/8, ... protocol). `--first N` writes split
+              `first_N`: labeled = the first N ids of train.txt in file order, not a random draw
+              (Learning-Pseudo-Label's protocol), unlabeled = the rest of the pool.
   cityscapes  leftImg8bit/{train,val}/<city>/<name>_leftImg8bit.png with
               gtFine/.../<name>_gtFine_labelTrainIds.png; labeled = a random fraction of train.
   coco        train2017/<id>.jpg, val2017/<id>.jpg, masks/<id>.png; unlabeled = train2017 minus
@@ -38,11 +41,11 @@ def _require(path: Path) -> Path:
     return path
 
 
-def pascal_pool(root: Path) -> tuple[list[Sample], list[Sample], set[str]]:
-    """(train pool, val, ids of VOC's fine train list)."""
+def pascal_pool(root: Path) -> tuple[list[Sample], list[Sample], list[str]]:
+    """(train pool, val, ids of VOC's fine train list in file order)."""
     sets = _require(root / "ImageSets" / "Segmentation")
     val_ids = (sets / "val.txt").read_text().split()
-    fine_ids = set(_require(sets / "train.txt").read_text().split())
+    fine_ids = _require(sets / "train.txt").read_text().split()
     masks = sorted(p.stem for p in _require(root / "SegmentationClass").glob("*.png"))
     sample = lambda i: Sample(f"JPEGImages/{i}.jpg", f"SegmentationClass/{i}.png")
     val_set = set(val_ids)
@@ -100,6 +103,24 @@ def write_splits(out: Path, pool: list[Sample], val: list[Sample], names: list[s
     write_split_file(out / "val.txt", val)
 
 
+def write_first_splits(out: Path, root: Path, pool: list[Sample], fine_ids: list[str], counts: list[int]) -> None:
+    """Learning-Pseudo-Label's protocol (specs §3.6): split `first_<N>` has the first N ids of VOC's
+    train.txt as labeled images, in file order (the official list is sorted), and the rest of the pool
+    (train_aug) as unlabeled. The `first_` prefix keeps these apart from the random splits (`92`)."""
+    by_id = {Path(s.image).stem: s for s in pool}
+    train_txt = root / "ImageSets" / "Segmentation" / "train.txt"
+    for n in counts:
+        if not 0 < n <= len(fine_ids):
+            raise UserError(f"--first {n}: {train_txt} lists {len(fine_ids)} images")
+        missing = [i for i in fine_ids[:n] if i not in by_id]
+        if missing:
+            raise UserError(f"{train_txt} names {missing[0]}, which has no mask in {root / 'SegmentationClass'} "
+                            "or is in val.txt")
+        chosen = set(fine_ids[:n])
+        write_split_file(out / f"first_{n}" / "labeled.txt", [by_id[i] for i in fine_ids[:n]])
+        write_split_file(out / f"first_{n}" / "unlabeled.txt", [s for s in pool if Path(s.image).stem not in chosen])
+
+
 @exit_on_user_error
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -108,18 +129,26 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("out", type=Path, help="output folder, e.g. splits/pascal")
     parser.add_argument("--labeled", nargs="*", default=[], help="labeled counts, e.g. 92 183")
     parser.add_argument("--fractions", nargs="*", default=[], help="labeled fractions, e.g. 1_16 1_8")
-    parser.add_argument("--blended", action="store_true", help="pascal: draw labels from the whole pool")
+    parser.add_argument("--first", nargs="*", type=int, default=[], metavar="N",
+                        help="pascal: splits first_N, labeled = the first N ids of ImageSets/Segmentation/train.txt "
+                             "in file order (Learning-Pseudo-Label's protocol, not a random draw), e.g. 92 183")
+    parser.add_argument("--blended", action="store_true",
+                        help="pascal: draw --labeled/--fractions labels from the whole pool")
     parser.add_argument("--val-fraction", type=float, default=0.2, help="custom: share of images for val")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
-    names = args.labeled + args.fractions
-    if not names:
-        parser.error("give --labeled and/or --fractions")
+    drawn = args.labeled + args.fractions  # seeded random splits
+    if not drawn and not args.first:
+        parser.error("give --labeled, --fractions and/or --first")
+    if args.first and args.layout != "pascal":
+        parser.error("--first is for the pascal layout (it reads ImageSets/Segmentation/train.txt)")
     root = _require(args.root)
     candidates = None
     if args.layout == "pascal":
-        pool, val, fine = pascal_pool(root)
+        pool, val, fine_ids = pascal_pool(root)
+        write_first_splits(args.out, root, pool, fine_ids, args.first)
         if not args.blended:
+            fine = set(fine_ids)
             candidates = [s for s in pool if Path(s.image).stem in fine]
     elif args.layout == "cityscapes":
         pool, val = cityscapes_pool(root)
@@ -127,7 +156,8 @@ def main(argv: list[str] | None = None) -> None:
         pool, val = coco_pool(root)
     else:
         pool, val = custom_pool(root, args.val_fraction, random.Random(args.seed))
-    write_splits(args.out, pool, val, names, args.seed, candidates)
+    write_splits(args.out, pool, val, drawn, args.seed, candidates)
+    names = drawn + [f"first_{n}" for n in args.first]
     print(f"wrote {', '.join(names)} and val.txt ({len(pool)} train / {len(val)} val images) to {args.out}")
 
 
