@@ -183,6 +183,7 @@ def fit(cfg: DictConfig, cls: type[SemiSegModule], out_dir: Path, ckpt_path: str
         "epochs": int(trainer.current_epoch),
         "devices": trainer.world_size, "global_batch_size": global_batch,
         "precision": str(trainer.precision), "run_dir": str(out_dir),
+        "uses_image_tags": module.uses_image_tags,  # semi-and-weakly supervised (PCT): not comparable with SSS rows
     }
 
 

@@ -97,7 +97,7 @@ def test_unimatch_threshold_comes_from_the_dataset():
 
 
 EXPERIMENTS = sorted(p.stem for p in (Path(__file__).parents[1] / "conf" / "experiment").glob("*.yaml"))
-ONLINE_PRESETS = [name for name in EXPERIMENTS if not name.startswith("dars")]
+ONLINE_PRESETS = [name for name in EXPERIMENTS if not name.startswith(("dars", "pct"))]
 DARS_PRESETS = [name for name in EXPERIMENTS if name.startswith("dars")]
 
 
@@ -193,3 +193,25 @@ def test_dars_presets_are_the_released_configs(name):
     assert tuple(r["dataset"]["scale_range"] for r in rounds) == scales
     assert cfg.dataset.eval.base_size == cfg.method.generation.base_size == base
     assert all(r["data"]["geometric_aug"] == {"rotate": 10, "blur_p": 0.5, "pad": "mean"} for r in rounds)
+
+
+def test_pct_preset_is_the_released_setting():
+    """YudeWang/Learning-Pseudo-Label experiment/deeplabv3+_voc_swsss: config.py (stage 1), config_retrain.py."""
+    from omegaconf import OmegaConf
+
+    from sslseg.stages import stage_config
+
+    cfg = compose_cfg(["experiment=pct_pascal"])
+    stages = cfg.method.stages
+    one, two = (OmegaConf.to_container(stage_config(cfg, stages[s], 0), resolve=True) for s in ("stage1", "stage2"))
+    assert str(cfg.split) == "first_1464" and cfg.trainer.devices == 1 and cfg.backbone.output_stride == 8
+    assert cfg.model.name == "deeplabv3plus_lpl" and cfg.model.aspp_dropout == 0.5 and cfg.model.low_level_kernel == 3
+    assert (one["trainer"]["max_steps"], one["data"]["batch_size"], one["optim"]["lr"]) == (20000, 5, 0.001)
+    assert (two["trainer"]["max_steps"], two["data"]["batch_size"], two["optim"]["lr"]) == (30000, 16, 0.007)
+    for stage in (one, two):  # groups 1 / 1 / 10, wd 4e-5, crop 384, poly from the current iteration
+        assert (stage["optim"]["lr_multiplier"], stage["optim"]["classifier_lr_multiplier"]) == (1.0, 10.0)
+        assert stage["optim"]["weight_decay"] == 4e-5 and stage["dataset"]["crop_size"] == 384
+        assert stage["method"]["poly_lag"] == 0
+    assert (one["method"]["phase"], two["method"]["phase"]) == ("cross", "retrain") and stages.stage2.fresh
+    assert list(cfg.dataset.eval.scales) == list(cfg.method.generation.scales) == [0.5, 0.75, 1.0, 1.25, 1.5]
+    assert cfg.dataset.eval.flip and cfg.method.generation.flip

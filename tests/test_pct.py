@@ -3,6 +3,7 @@ weights, tags of masks, and both phases' steps."""
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -63,3 +64,52 @@ def test_image_weights_and_the_zero_iou_rule():
     assert image_weights(iou, tags, power=8).tolist() == pytest.approx([0.5**8, 0.0, 0.0])
     # The release: a class with IoU exactly 0 counts as absent; no class left gives weight 1.
     assert image_weights(iou, tags, power=8, zero_iou="absent").tolist() == pytest.approx([0.5**8, 0.9**8, 1.0])
+
+
+@pytest.mark.slow
+def test_pct_runs_both_stages_and_resumes_in_stage2(data_dir, tmp_path):
+    """Stage 1, the pseudo-labels, then stage 2 killed after its first epoch and resumed there."""
+    import json
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from PIL import Image
+
+    from tests.conftest import ROOT, run_cli
+    from tests.test_dars_end_to_end import _mini_split
+
+    splits = _mini_split(data_dir, tmp_path / "splits", unlabeled=16)
+    run_dir = tmp_path / "run"
+    args = ["method=pct", f"paths.data_dir={data_dir}", f"dataset.splits_dir={splits}", "split=mini", "logger=none",
+            "data.num_workers=0", "trainer.enable_progress_bar=false", "trainer.limit_val_batches=1",
+            "method.stages.stage1.epochs=1", "method.stages.stage2.epochs=3", f"hydra.run.dir={run_dir}"]
+    env = os.environ | {"PYTHONUNBUFFERED": "1"}
+    first = subprocess.Popen([sys.executable, str(ROOT / "train.py"), *args], cwd=ROOT, env=env,
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    checkpoint = run_dir / "stage2" / "checkpoints" / "last.ckpt"
+    deadline = time.time() + 600
+    while not checkpoint.is_file() and first.poll() is None and time.time() < deadline:
+        time.sleep(0.2)
+    first.send_signal(signal.SIGKILL)
+    first.communicate()
+    assert checkpoint.is_file() and not (run_dir / "stage2" / "results.json").exists(), "not killed inside stage 2"
+
+    # Every training image has a pseudo-label file: the labeled ones their ground truth, the others a label
+    # at every pixel, among the image's tags.
+    listed = [line.split() for line in (run_dir / "pseudo" / "pseudo.txt").read_text().splitlines() if line]
+    assert len(listed) == 16 + 16
+    for image, label in listed[16:]:
+        pseudo = np.asarray(Image.open(run_dir / "pseudo" / label))
+        truth = np.asarray(Image.open(data_dir / "toy" / image.replace("JPEGImages", "SegmentationClass")
+                                      .replace(".jpg", ".png")))
+        assert (pseudo != 255).all() and set(np.unique(pseudo)) <= set(np.unique(np.where(truth == 255, 0, truth)))
+
+    second = run_cli("train.py", *args)
+    assert second.returncode == 0, second.stderr[-3000:]
+    lines = [line for line in second.stdout.splitlines() if line.startswith("stage ")]
+    assert lines == ["stage stage1: done, skipped", "stage pseudo: done, skipped", "stage stage2: resuming (pseudo)"]
+    results = json.loads((run_dir / "results.json").read_text())
+    assert results["stage"] == "stage2" and results["uses_image_tags"] is True

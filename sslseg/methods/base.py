@@ -38,6 +38,10 @@ def class_names(dataset_cfg: DictConfig) -> list[str]:
 
 
 class SemiSegModule(pl.LightningModule):
+    # Semi-and-weakly supervised methods read image-level tags of the unlabeled images (PCT): results.json
+    # says so, since their numbers do not compare with the purely semi-supervised ones.
+    uses_image_tags = False
+
     @classmethod
     def data_streams(cls, method_cfg) -> tuple[str, ...]:
         """Training streams this method consumes from the DataModule."""

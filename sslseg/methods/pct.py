@@ -103,6 +103,8 @@ def image_weights(iou: torch.Tensor, tags: torch.Tensor, power: float = 8.0, zer
 
 
 class PCT(SemiSegModule):
+    uses_image_tags = True
+
     @classmethod
     def data_streams(cls, method_cfg) -> tuple[str, ...]:
         return ("labeled", "tagged") if method_cfg.get("phase", "cross") == "cross" else ("pseudo",)
