@@ -25,11 +25,13 @@ def format_iou_table(per_class: dict[str, float], miou: float) -> str:
 
 
 def collect(root: Path) -> list[dict]:
-    """Every results.json of a training run under `root` (eval runs hold no `seed`)."""
+    """Every results.json of a training run under `root`: eval runs (no `seed`) and the stages of a
+    staged run (a `stage` without the run's `stages` summary) are left out."""
     found = []
     for path in sorted(Path(root).rglob("results.json")):
         results = json.loads(path.read_text())
-        if "seed" in results and "best_val_mIoU" in results:
+        stage_of_a_run = "stage" in results and "stages" not in results
+        if "seed" in results and "best_val_mIoU" in results and not stage_of_a_run:
             found.append(results)
     return found
 
@@ -43,7 +45,9 @@ def summary_table(runs: list[dict], seeds: list[int] | None = None, baseline: st
         raise ValueError("no training results.json found" + (f" for seeds {seeds}" if seeds else ""))
     groups: dict[tuple[str, str, str], dict[int, dict]] = {}
     for r in runs:
-        groups.setdefault((r["dataset"], str(r["split"]), r["method"]), {})[r["seed"]] = r  # last one wins
+        # semi-and-weakly supervised rows (PCT) are marked: they do not compare with the others
+        method = r["method"] + (" (image tags)" if r.get("uses_image_tags") else "")
+        groups.setdefault((r["dataset"], str(r["split"]), method), {})[r["seed"]] = r  # last one wins
     all_seeds = sorted({s for g in groups.values() for s in g})
 
     def mean_sd(values: list[float]) -> tuple[float, float]:

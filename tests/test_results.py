@@ -39,3 +39,18 @@ def test_results_cli_errors_are_one_line(tmp_path, capsys):
     assert capsys.readouterr().err.strip() == f"error: results folder not found: {tmp_path / 'missing'}"
     assert main([str(tmp_path)]) == 2
     assert "no training results.json found" in capsys.readouterr().err
+
+
+def test_staged_runs_count_once_and_tagged_methods_are_marked(tmp_path):
+    _run(tmp_path, "supervised", 0, 60.0)
+    run_dir = tmp_path / "pct" / "toy_16" / "seed0"
+    (run_dir / "stage1").mkdir(parents=True)
+    stage = {"method": "pct", "dataset": "toy", "split": "16", "seed": 0, "best_val_mIoU": 80.0, "stage": "stage1",
+             "uses_image_tags": True}
+    (run_dir / "stage1" / "results.json").write_text(json.dumps(stage))  # a stage of the run, not a run
+    final = stage | {"best_val_mIoU": 70.0, "stage": "stage2", "stages": {}, "wall_seconds": 300.0}
+    (run_dir / "results.json").write_text(json.dumps(final))
+    runs = collect(tmp_path)
+    assert sorted(r["best_val_mIoU"] for r in runs) == [60.0, 70.0]
+    lines = summary_table(runs).splitlines()
+    assert lines[3] == "| toy | 16 | pct (image tags) | 70.00 | 70.00 | +10.00 | 5.0 min |"
