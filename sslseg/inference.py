@@ -174,3 +174,10 @@ def predict_with(logits_fn: Logits, image: torch.Tensor, num_classes: int, proto
                    window=protocol.get("window", "shifted"), scales=list(protocol.get("scales", [1.0])),
                    flip=bool(protocol.get("flip", False)), average=protocol.get("average", "probs"),
                    base_size=protocol.get("base_size"))
+
+
+def returns_probabilities(protocol) -> bool:
+    """Whether `predict_with(..., protocol)` returns probabilities (averaged softmax) rather than logits."""
+    single_view = list(protocol.get("scales", [1.0])) == [1.0] and not protocol.get("flip") \
+        and not protocol.get("base_size")
+    return protocol.get("average", "probs") == "probs" and (protocol.get("mode") == "sliding" or not single_view)

@@ -44,3 +44,20 @@ def test_shapes_are_checked():
         dense_crf(image.astype(np.float32), probs)
     with pytest.raises(ValueError, match=r"probs must be \(K, H, W\)"):
         dense_crf(image, probs[:, :, :-1])
+
+
+def test_validation_can_refine_with_densecrf():
+    import torch
+
+    from sslseg.experiment import method_class
+    from tests.conftest import compose_cfg
+
+    cfg = compose_cfg(["method=supervised", "dataset.eval.crf=true"])
+    module = method_class(cfg)(cfg).eval()
+    image = np.zeros((1, 3, 24, 24), np.uint8)
+    image[..., 12:] = 255  # a black and a white half
+    scores = torch.zeros(1, 6, 24, 24)
+    scores[0, 1, :, :12] = scores[0, 2, :, 12:] = 1.0
+    scores[0, 2, 5, 5] = 2.0  # one stray pixel inside the black half
+    labels = module._labels(scores, {"image": torch.from_numpy(image)})
+    assert (labels[0, :, :12] == 1).all() and (labels[0, :, 12:] == 2).all()  # smoothed away along the colour edge

@@ -22,7 +22,7 @@ from torch import nn
 
 from sslseg.data.transforms import IGNORE_INDEX, IMAGENET_MEAN, IMAGENET_STD
 from sslseg.errors import UserError
-from sslseg.inference import predict_with
+from sslseg.inference import predict_with, returns_probabilities
 from sslseg.losses import build_criterion
 from sslseg.methods.teacher import Teacher
 from sslseg.metrics import confusion_matrix_metric, iou_from_confusion, mean_iou_all_classes
@@ -215,11 +215,24 @@ class SemiSegModule(pl.LightningModule):
         x = self.normalize(batch["image"])  # once, whatever the number of evaluated networks
         preds = {}
         for name, confusion in self.val_confusion.items():
-            preds[name] = self._scores(self.network(name), x, batch).argmax(1)
+            preds[name] = self._labels(self._scores(self.network(name), x, batch), batch)
             confusion.update(preds[name], batch["mask"])
         self._keep_examples(batch, preds)
 
     test_step = validation_step
+
+    def _labels(self, scores: torch.Tensor, batch: dict) -> torch.Tensor:
+        """argmax of the scores, or, with `dataset.eval.crf` (Learning-Pseudo-Label's stage-2 test), of their
+        DenseCRF refinement, image by image on the CPU (sslseg/crf.py; an evaluation option, slow)."""
+        eval_cfg = self.cfg.dataset.eval
+        if not eval_cfg.get("crf"):
+            return scores.argmax(1)
+        from sslseg.crf import dense_crf
+
+        probs = scores if returns_probabilities(eval_cfg) else scores.float().softmax(1)
+        images = batch["image"].permute(0, 2, 3, 1).cpu().numpy()
+        refined = [dense_crf(image, p) for image, p in zip(images, probs.float().cpu().numpy())]
+        return torch.from_numpy(np.stack(refined)).to(scores.device).argmax(1)
 
     def on_validation_epoch_end(self) -> None:
         scores = {}
