@@ -33,3 +33,21 @@ def test_fast_path_loss_matches_fp32(method):
     plain, fast = _loss(method, fast=False), _loss(method, fast=True)
     assert fast == pytest.approx(plain, rel=REL_TOL)
     assert fast != plain  # the fast path did run in bf16
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("method", ["supervised", "unimatch", "dssn"])
+def test_fast_path_on_cuda_matches_fp32(method):
+    """bf16 autocast + channels_last + fused SGD on the GPU against an fp32 step on the GPU."""
+    def loss(fast: bool) -> float:
+        cfg = compose_cfg([f"method={method}", "dataset.crop_size=48"])
+        torch.manual_seed(0)
+        module = method_class(cfg)(cfg)
+        device = torch.device("cuda")
+        batch = synthetic_batch(module.data_streams(cfg.method), 4, 48, module.num_classes, device)
+        runner = StepRunner(module, batch, device, bf16=fast, channels_last=fast)
+        torch.manual_seed(1)
+        return float(runner.step())
+
+    plain, fast = loss(False), loss(True)
+    assert fast == pytest.approx(plain, rel=REL_TOL) and fast != plain
