@@ -41,3 +41,18 @@ def run_cli(script: str, *args: str, timeout: int = 600, env: dict | None = None
 def last_line(text: str) -> str:
     lines = [line for line in text.strip().splitlines() if line.strip()]
     return lines[-1] if lines else ""
+
+
+def kill_train_when(path: Path, *args: str, timeout: int = 600) -> None:
+    """Start `train.py args` and SIGKILL it as soon as `path` exists (or it ends, or time runs out)."""
+    import signal
+    import time
+
+    env = os.environ | {"PYTHONUNBUFFERED": "1"}
+    run = subprocess.Popen([sys.executable, str(ROOT / "train.py"), *args], cwd=ROOT, env=env,
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + timeout
+    while not path.is_file() and run.poll() is None and time.time() < deadline:
+        time.sleep(0.2)
+    run.send_signal(signal.SIGKILL)
+    run.communicate()

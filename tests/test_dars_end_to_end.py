@@ -2,18 +2,13 @@
 distribution against its target, and a run killed in round 1 that resumes there."""
 
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from tests.conftest import ROOT, last_line, run_cli
+from tests.conftest import kill_train_when, last_line, run_cli
 
 pytestmark = pytest.mark.slow
 
@@ -71,15 +66,8 @@ def test_dars_killed_in_round1_resumes_in_round1(data_dir, tmp_path):
     run_dir = tmp_path / "run"
     args = _args(data_dir, splits, run_dir, "method.stages.round0.epochs=1", "method.stages.round1.epochs=4",
                  "method.stages.round2.epochs=1")
-    env = os.environ | {"PYTHONUNBUFFERED": "1"}
-    first = subprocess.Popen([sys.executable, str(ROOT / "train.py"), *args], cwd=ROOT, env=env,
-                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     checkpoint = run_dir / "round1" / "checkpoints" / "last.ckpt"
-    deadline = time.time() + 600
-    while not checkpoint.is_file() and first.poll() is None and time.time() < deadline:
-        time.sleep(0.2)
-    first.send_signal(signal.SIGKILL)
-    first.communicate()
+    kill_train_when(checkpoint, *args)
     assert checkpoint.is_file() and not (run_dir / "round1" / "results.json").exists(), "not killed inside round 1"
     round0 = (run_dir / "round0" / "results.json").stat().st_mtime_ns
 

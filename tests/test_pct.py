@@ -70,15 +70,10 @@ def test_image_weights_and_the_zero_iou_rule():
 def test_pct_runs_both_stages_and_resumes_in_stage2(data_dir, tmp_path):
     """Stage 1, the pseudo-labels, then stage 2 killed after its first epoch and resumed there."""
     import json
-    import os
-    import signal
-    import subprocess
-    import sys
-    import time
 
     from PIL import Image
 
-    from tests.conftest import ROOT, run_cli
+    from tests.conftest import kill_train_when, run_cli
     from tests.test_dars_end_to_end import _mini_split
 
     splits = _mini_split(data_dir, tmp_path / "splits", unlabeled=16)
@@ -86,15 +81,8 @@ def test_pct_runs_both_stages_and_resumes_in_stage2(data_dir, tmp_path):
     args = ["method=pct", f"paths.data_dir={data_dir}", f"dataset.splits_dir={splits}", "split=mini", "logger=none",
             "data.num_workers=0", "trainer.enable_progress_bar=false", "trainer.limit_val_batches=1",
             "method.stages.stage1.epochs=1", "method.stages.stage2.epochs=3", f"hydra.run.dir={run_dir}"]
-    env = os.environ | {"PYTHONUNBUFFERED": "1"}
-    first = subprocess.Popen([sys.executable, str(ROOT / "train.py"), *args], cwd=ROOT, env=env,
-                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     checkpoint = run_dir / "stage2" / "checkpoints" / "last.ckpt"
-    deadline = time.time() + 600
-    while not checkpoint.is_file() and first.poll() is None and time.time() < deadline:
-        time.sleep(0.2)
-    first.send_signal(signal.SIGKILL)
-    first.communicate()
+    kill_train_when(checkpoint, *args)
     assert checkpoint.is_file() and not (run_dir / "stage2" / "results.json").exists(), "not killed inside stage 2"
 
     # Every training image has a pseudo-label file: the labeled ones their ground truth, the others a label
