@@ -12,6 +12,7 @@ from omegaconf import DictConfig
 from torch import nn
 
 from sslseg.data.transforms import IGNORE_INDEX
+from sslseg.errors import UserError
 
 
 class OhemCrossEntropy(nn.Module):
@@ -47,7 +48,7 @@ def build_criterion(cfg: DictConfig) -> nn.Module:
         return nn.CrossEntropyLoss(ignore_index=IGNORE_INDEX)
     if cfg.name == "ohem":
         return OhemCrossEntropy(thresh=cfg.thresh, min_kept=cfg.min_kept)
-    raise ValueError(f"dataset.criterion.name must be 'ce' or 'ohem', got {cfg.name!r}")
+    raise UserError(f"dataset.criterion.name must be 'ce' or 'ohem', got {cfg.name!r}")
 
 
 def masked_cross_entropy(logits: torch.Tensor, label: torch.Tensor, selected: torch.Tensor, ignore: torch.Tensor,

@@ -61,8 +61,37 @@ def stage_config(cfg: DictConfig, stage: DictConfig, epochs_before: int) -> Dict
     return out
 
 
+RULES = ("dars", "cbst", "all")
+
+
+def check_stages(stages: DictConfig) -> None:
+    """Every stage's options, before anything runs (a typo should not surface after hours of training)."""
+    steps_before = False
+    for name, stage in stages.items():
+        where = f"method.stages.{name}"
+        if stage.get("kind") not in KINDS:
+            raise UserError(f"{where}.kind must be one of {list(KINDS)}, got {stage.get('kind')!r}")
+        if stage.kind == "train":
+            if not stage.get("epochs") and not stage.get("steps"):
+                raise UserError(f"{where} needs epochs or steps")
+            if steps_before and not stage.get("fresh"):
+                # the continued poly schedule counts epochs; a step budget has none to hand on
+                raise UserError(f"{where} continues a stage budgeted in steps: give it fresh: true or use epochs")
+            steps_before = bool(stage.get("steps"))
+        else:
+            rule = stage.get("thresholds", "dars")
+            if rule not in RULES:
+                raise UserError(f"{where}.thresholds must be one of {list(RULES)}, got {rule!r}")
+            if rule != "all" and stage.get("labeling_ratio") is None:
+                raise UserError(f"{where} needs a labeling_ratio with thresholds={rule}")
+    if not any(stage.kind == "train" for stage in stages.values()):
+        raise UserError("method.stages has no train stage")
+
+
 def run_stages(cfg: DictConfig, cls, run_dir: Path) -> dict:
     from sslseg.experiment import fit
+
+    check_stages(cfg.method.stages)
 
     last_train: Path | None = None  # folder of the latest train stage
     pseudo_list: Path | None = None
@@ -70,9 +99,7 @@ def run_stages(cfg: DictConfig, cls, run_dir: Path) -> dict:
     summary: dict[str, dict] = {}
     results: dict | None = None
     for name, stage in cfg.method.stages.items():
-        kind = stage.get("kind")
-        if kind not in KINDS:
-            raise UserError(f"method.stages.{name}.kind must be one of {list(KINDS)}, got {kind!r}")
+        kind = stage.kind
         stage_dir = run_dir / name
         if kind == "train":
             done = stage_dir / "results.json"
@@ -104,8 +131,6 @@ def run_stages(cfg: DictConfig, cls, run_dir: Path) -> dict:
                 _say(f"stage {name}: generating pseudo-labels")
                 generate(cfg, cls, stage_dir, last_train / "checkpoints" / "last.ckpt", stage)
             summary[name] = json.loads((stage_dir / "stats.json").read_text())["summary"]
-    if results is None:
-        raise UserError("method.stages has no train stage")
     return results | {"run_dir": str(run_dir), "stages": summary}
 
 
@@ -149,10 +174,8 @@ def generate(cfg: DictConfig, cls, out_dir: Path, weights: Path, stage: DictConf
         thresholds, ratios = dars_thresholds(histogram, targets)
     elif rule == "cbst":
         thresholds, ratios = cbst_thresholds(histogram, float(stage.labeling_ratio))
-    elif rule == "all":
+    else:  # all
         thresholds, ratios = torch.full((num_classes,), float("-inf")), torch.ones(num_classes, dtype=torch.float64)
-    else:
-        raise UserError(f"method.stages.{out_dir.name}.thresholds must be dars, cbst or all, got {rule!r}")
     kept = torch.from_numpy(select_and_write(out_dir, samples, writer.indices, thresholds, ratios, int(cfg.seed)))
     if trainer.world_size > 1:
         kept = trainer.strategy.reduce(kept.to(trainer.strategy.root_device), reduce_op="sum").cpu()

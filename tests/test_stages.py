@@ -77,3 +77,10 @@ def test_bad_stage_lists_are_one_line_errors(monkeypatch, tmp_path):
         run_stages(compose_cfg(["method=dars", "+method.stages.oops={kind: nope}"]), None, tmp_path)
     with pytest.raises(UserError, match="a generate stage needs a train stage before it"):
         run_stages(compose_cfg(["method=dars", "~method.stages.round0"]), None, tmp_path / "b")
+    with pytest.raises(UserError, match="pseudo1.thresholds must be one of"):
+        run_stages(compose_cfg(["method=dars", "method.stages.pseudo1.thresholds=dras"]), None, tmp_path / "c")
+    with pytest.raises(UserError, match="pseudo2 needs a labeling_ratio"):
+        run_stages(compose_cfg(["method=dars", "~method.stages.pseudo2.labeling_ratio"]), None, tmp_path / "d")
+    with pytest.raises(UserError, match="round1 continues a stage budgeted in steps"):
+        run_stages(compose_cfg(["method=dars", "+method.stages.round0.steps=100"]), None, tmp_path / "e")
+    assert not any((tmp_path / d).exists() for d in "cde")  # checked before anything ran

@@ -67,7 +67,7 @@ class SemiSegDataModule(pl.LightningDataModule):
         super().__init__()
         unknown = set(streams) - set(STREAM_IDS)
         if unknown:
-            raise ValueError(f"unknown data streams {sorted(unknown)}; known: {list(STREAM_IDS)}")
+            raise UserError(f"unknown data streams {sorted(unknown)}; known: {list(STREAM_IDS)}")
         self.pseudo_list = None if pseudo_list is None else Path(pseudo_list)
         self.dataset_cfg = dataset
         self.data_cfg = data
@@ -139,7 +139,7 @@ class SemiSegDataModule(pl.LightningDataModule):
                                                          strong_aug=strong_aug, geometric_aug=geometric_aug)
         if "pseudo" in self.streams:
             if self.pseudo_list is None:
-                raise ValueError("the pseudo stream needs a pseudo_list")
+                raise UserError("the pseudo stream needs pseudo-labels: put a generate stage before this one")
             pseudo = read_split_file(self.pseudo_list, need_masks=True)
             check_files_exist(pseudo, self.root, self.pseudo_list, with_masks=False)
             self.train_sets["pseudo"] = LabeledDataset(self.root, pseudo, num_classes, crop, scales,

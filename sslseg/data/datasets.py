@@ -137,8 +137,10 @@ class TaggedDataset(_Augmented):
     def __init__(self, root, samples, tags: list[np.ndarray], has_mask: list[bool], num_classes: int,
                  crop_size: int, seed: int = 0):
         self.num_classes, self.tags, self.has_mask = num_classes, tags, has_mask
-        self.crop = A.Compose([A.RandomCrop(crop_size, crop_size, pad_if_needed=True, border_mode=cv2.BORDER_CONSTANT,
-                                            fill=MEAN_COLOUR, fill_mask=IGNORE_INDEX)], strict=True)
+        # padding placed at random, as the release's RandomCrop (albumentations centres it by default)
+        self.crop = A.Compose([A.RandomCrop(crop_size, crop_size, pad_if_needed=True, pad_position="random",
+                                            border_mode=cv2.BORDER_CONSTANT, fill=MEAN_COLOUR,
+                                            fill_mask=IGNORE_INDEX)], strict=True)
         super().__init__(root, samples, seed)
 
     def _pipelines(self):

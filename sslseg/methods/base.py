@@ -156,9 +156,28 @@ class SemiSegModule(pl.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["train_steps"] = self.train_steps
+        checkpoint["best_network"] = self.best_network  # the network the last validation reported
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self.train_steps = int(checkpoint.get("train_steps", 0))
+        if checkpoint.get("best_network") in self.networks():
+            self.best_network = checkpoint["best_network"]
+
+    def step_uncounted(self, optimizer: torch.optim.Optimizer, clip_norm: float | None = None) -> None:
+        """Step a second optimizer (manual optimisation) without Lightning's wrapper, so that global_step,
+        trainer.max_steps and logging count training steps. With a grad scaler (16-mixed) its gradients are
+        unscaled first and an overflowing step is skipped, as the scaler does for the counted optimizer;
+        call it before that optimizer's step, whose wrapper updates the scaler."""
+        scaler = getattr(self.trainer.precision_plugin, "scaler", None)
+        if scaler is not None:
+            scaler.unscale_(optimizer)
+        if clip_norm:
+            params = [p for group in optimizer.param_groups for p in group["params"]]
+            torch.nn.utils.clip_grad_norm_(params, clip_norm)
+        if scaler is not None:
+            scaler.step(optimizer)
+        else:
+            optimizer.step()
 
     def on_validation_start(self) -> None:
         self._apply_perf()

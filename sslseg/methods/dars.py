@@ -61,10 +61,13 @@ class DARS(SemiSegModule):
     @torch.no_grad()
     def predict_step(self, batch: dict, batch_idx: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(pseudo-label uint8, confidence fp16), each (B, H, W) at the image's size: the generation
-        protocol's averaged logits (long side resized to the base size, sliding windows with flip),
-        then their softmax, in fp16 as released."""
+        protocol's averaged logits (long side resized to the base size, sliding windows with flip), in
+        fp32 whatever the trainer's precision (bf16 would move the fp16 confidences), then their softmax,
+        in fp16 as released."""
         gen = self.cfg.method.generation
-        logits = predict_with(lambda t: self.model(t).logits, self.normalize(batch["image"]), self.num_classes, gen)
+        x = self.normalize(batch["image"])
+        with torch.autocast(device_type=x.device.type, enabled=False):  # fp32 logits, then the release's fp16
+            logits = predict_with(lambda t: self.model(t).logits, x, self.num_classes, gen)
         probs = logits.half().softmax(1) if gen.fp16_softmax else logits.float().softmax(1)
         conf, label = probs.max(1)
         return label.to(torch.uint8), conf.half()

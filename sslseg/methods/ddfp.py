@@ -6,7 +6,8 @@ auxiliary BN, and a density model (sslseg/models/flow.py: 2 GLOW coupling blocks
 one learnable mean per class) of the block's 256-d output.
 
 Per step, in epoch ≥ 2 (epoch 0 is supervised only; epoch 1 copies the student into the teacher every
-step, trains the student on L_sup + L_u with the warm_up BN split and no perturbation, and starts the flow):
+step, trains the student on L_sup + L_u with the warm_up BN split and no perturbation, and starts the flow;
+as released, epoch 0 also routes the second half of its labeled batch through the auxiliary BN):
 1. The teacher (train-mode BN, no grad) on [labeled ‖ weak]: pseudo-labels of the weak view at full
    resolution, kept where conf > 0.95 (255 elsewhere and on padding), and its 256-d features.
 2. With p 0.5, batch CutMix of [strong view, pseudo-label, padding mask]: sample i takes a box of half the
@@ -44,6 +45,7 @@ Differences from the released code:
 
 from __future__ import annotations
 
+import math
 import random
 
 import torch
@@ -116,7 +118,9 @@ class DDFP(SemiSegModule):
         stepped after every epoch; set from the epoch, so a resumed run gets it right."""
         super().on_train_epoch_start()
         flow = self.cfg.method.flow
-        epochs = max(1, int(self.trainer.max_epochs or 1))
+        epochs = self.trainer.max_epochs
+        if not epochs or epochs < 1:  # a step budget: the epochs it spans
+            epochs = math.ceil(self.trainer.estimated_stepping_batches / max(1, self.trainer.num_training_batches))
         for group in self.optimizers()[1].optimizer.param_groups:
             group["lr"] = float(flow.lr) * float(flow.final_lr_ratio) ** (self.current_epoch / epochs)
 
@@ -127,8 +131,9 @@ class DDFP(SemiSegModule):
         m = self.cfg.method
         terms: dict[str, torch.Tensor] = {}
         flow_loss = torch.zeros((), device=self.device)
-        if self.supervised_only():
-            terms["x"] = self.criterion_l(self.model(self.normalize(x)).logits, y)
+        if self.supervised_only():  # the release routes half of the labeled batch through the aux BN here too
+            with self.model.decoder.bn_mode("warm_up"):
+                terms["x"] = self.criterion_l(self.model(self.normalize(x)).logits, y)
             loss = terms["x"]
         else:
             # 1. The teacher's pseudo-labels of the weak view, and its features for the flow.
@@ -173,11 +178,10 @@ class DDFP(SemiSegModule):
         seg_opt.zero_grad()
         flow_opt.zero_grad()
         self.manual_backward(loss + flow_loss)
+        if self.flow_training():
+            self.step_uncounted(flow_opt.optimizer, clip_norm=float(self.cfg.method.flow.grad_clip))
         seg_opt.step()
         seg_schedule.step()
-        if self.flow_training():
-            torch.nn.utils.clip_grad_norm_(self.density.parameters(), float(self.cfg.method.flow.grad_clip))
-            flow_opt.optimizer.step()
 
     def perturbed_predictions(self, x: torch.Tensor, strong: torch.Tensor, label: torch.Tensor):
         """(labeled, unlabeled, perturbed unlabeled) logits at the input size (steps 3.1-3.3)."""

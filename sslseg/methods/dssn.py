@@ -50,8 +50,11 @@ class DSSN(WeakToStrong):
         super().__init__(cfg, load_pretrained)
         if self.teacher is None:
             raise UserError("method=dssn needs a method.teacher section")
-        if self.cfg.method.selection not in SELECTIONS:
-            raise UserError(f"method.selection must be one of {list(SELECTIONS)}, got {self.cfg.method.selection!r}")
+        m = self.cfg.method
+        if m.selection not in SELECTIONS:
+            raise UserError(f"method.selection must be one of {list(SELECTIONS)}, got {m.selection!r}")
+        if m.selection == "class_aware" and m.class_aware.ratio * m.class_aware.min_confidence <= 0.5:
+            raise UserError("method.class_aware: ratio x min_confidence must exceed 0.5 (one class per pixel)")
 
     def select(self, targets: Targets) -> torch.Tensor:
         m = self.cfg.method

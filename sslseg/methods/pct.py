@@ -32,9 +32,9 @@ Differences from the released code:
   * P's learning rate decays on its own poly schedule; the release forgot it (constant lr).
   * The running counts are summed over DDP ranks (the release runs on one GPU).
   * Stage 2 shuffles its data (the release's loader has shuffle=False).
-  * The labeled half uses sslseg's geometric augmentation (rescale, crop, flip), not the release's random
-    photometric/geometric ops; the labeled and tagged halves have data.batch_size images each (the
-    release: 5 + 5).
+  * The labeled half (stage 1) and the pseudo-labelled images (stage 2) use sslseg's geometric
+    augmentation (rescale, crop, flip), not the release's random photometric/geometric ops; the labeled
+    and tagged halves have data.batch_size images each (the release: 5 + 5).
   * The released stage-1 evaluation masks the prediction with the val images' tags; sslseg does so too in
     stage 1 (method.eval_with_tags), and never in stage 2.
 """
@@ -127,8 +127,10 @@ class PCT(SemiSegModule):
     def evaluated_networks(self) -> tuple[str, ...]:
         if self.cfg.method.get("phase", "cross") == "retrain":
             return ("model",)
-        return {"hybrid": ("model",), "pseudo": ("pseudo_net",), "both": ("model", "pseudo_net")}[
-            self.cfg.method.evaluate]
+        choices = {"hybrid": ("model",), "pseudo": ("pseudo_net",), "both": ("model", "pseudo_net")}
+        if self.cfg.method.evaluate not in choices:
+            raise UserError(f"method.evaluate must be one of {list(choices)}, got {self.cfg.method.evaluate!r}")
+        return choices[self.cfg.method.evaluate]
 
     # -- stage 1 -----------------------------------------------------------------------------------------
     def configure_optimizers(self):
@@ -184,8 +186,8 @@ class PCT(SemiSegModule):
         hybrid_opt.zero_grad()
         pseudo_opt.zero_grad()
         self.manual_backward(loss)
+        self.step_uncounted(pseudo_opt.optimizer)
         hybrid_opt.step()
-        pseudo_opt.optimizer.step()
         hybrid_schedule.step()
         pseudo_schedule.step()
 

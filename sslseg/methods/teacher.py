@@ -27,6 +27,8 @@ import copy
 import torch
 from torch import nn
 
+from sslseg.errors import UserError
+
 SCHEDULES = ("ramp", "constant", "shared")
 
 
@@ -35,7 +37,7 @@ class Teacher(nn.Module):
                  train_mode_epochs: int | None = 0):
         super().__init__()
         if schedule not in SCHEDULES:
-            raise ValueError(f"method.teacher.schedule must be one of {SCHEDULES}, got {schedule!r}")
+            raise UserError(f"method.teacher.schedule must be one of {list(SCHEDULES)}, got {schedule!r}")
         self.decay, self.schedule = float(decay), schedule
         self.copy_epochs, self.train_mode_epochs = int(copy_epochs), train_mode_epochs
         self.network = copy.deepcopy(student)
