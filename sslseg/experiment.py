@@ -5,6 +5,7 @@ from __future__ import annotations
 import fcntl
 import logging
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -89,13 +90,11 @@ def check_launch(cfg: DictConfig) -> None:
 
 
 def _finish_wandb() -> None:
-    try:
-        import wandb
-
-        if wandb.run is not None:
-            wandb.finish(quiet=True)
-    except Exception:  # a logger that failed to start leaves nothing to finish
-        pass
+    """Close this fit's W&B run, so that the next job of a Hydra sweep (same process) or the next stage
+    starts its own. (wandb.finish() takes no `quiet` since 0.19; an except-all here once hid that.)"""
+    wandb = sys.modules.get("wandb")
+    if wandb is not None and wandb.run is not None:
+        wandb.finish()
 
 
 def quiet_duplicate_logs() -> None:

@@ -137,3 +137,12 @@ def test_unimatch_coco_preset_on_a_converted_coco_tree(tmp_path):
     assert eval_results["eval_protocol"] == {  # the COCO config's protocol with this command's overrides
         "mode": "whole", "crop_size": 513, "stride_ratio": 0.6667, "window_batch": 4, "window": "shifted",
         "scales": [0.5, 1.0], "flip": True, "average": "logits"}
+
+
+def test_wandb_multirun_logs_one_run_per_job(data_dir, tmp_path):
+    run = run_cli("train.py", "-m", "method=supervised", "seed=0,1", *_common(data_dir, tmp_path), *FAST[1:],
+                  "logger=wandb", env={"WANDB_MODE": "offline"})
+    assert run.returncode == 0, run.stderr[-3000:]
+    runs = sorted(tmp_path.rglob("offline-run-*"))
+    # one W&B run per job, each in its own job's folder (before, job 1 logged into job 0's run)
+    assert len(runs) == 2 and {r.parent.parent.name.split("_")[-1] for r in runs} == {"seed0", "seed1"}
