@@ -49,7 +49,7 @@ def trainer_kwargs(cfg: DictConfig) -> dict:
     gpu = uses_gpu(cfg.trainer)
     if kwargs.get("precision") == "auto":
         kwargs["precision"] = "bf16-mixed" if gpu else "32-true"
-    if cfg.method.get("find_unused_parameters") and kwargs.get("strategy") == "ddp":
+    if OmegaConf.select(cfg, "method.find_unused_parameters", default=False) and kwargs.get("strategy") == "ddp":
         # a method whose graph leaves some parameters out in some steps (DDFP's epoch 0)
         kwargs["strategy"] = "ddp_find_unused_parameters_true"
     if kwargs.get("sync_batchnorm") and not gpu:
