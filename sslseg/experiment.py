@@ -7,6 +7,7 @@ import logging
 import os
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import lightning.pytorch as pl
@@ -154,6 +155,8 @@ def fit(cfg: DictConfig, cls: type[SemiSegModule], out_dir: Path, ckpt_path: str
     global_batch = int(cfg.data.batch_size) * trainer.world_size
     log_config(logger, cfg, {"global_batch_size": global_batch, "world_size": trainer.world_size,
                              "run_dir": str(out_dir)})
+    # A teacher is kept in eval mode by design (method.teacher.train_mode_epochs); Lightning warns about it.
+    warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode at the start of training")
     try:
         trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
         steps = module.train_steps  # validate(ckpt_path=...) below restores the best checkpoint's count
