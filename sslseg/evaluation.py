@@ -13,6 +13,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 from PIL import Image
 
+from sslseg.checkpoint import read_checkpoint
 from sslseg.data.io import read_image
 from sslseg.data.toy import PALETTE
 from sslseg.errors import UserError
@@ -25,14 +26,7 @@ IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp"}
 
 def load_module(ckpt_path: str | Path, cfg: DictConfig) -> SemiSegModule:
     path = Path(ckpt_path)
-    if not path.is_file():
-        raise UserError(f"checkpoint not found: {path}")
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
-        train_cfg = OmegaConf.create(checkpoint["hyper_parameters"]["cfg"])
-    except Exception as exc:
-        raise UserError(f"cannot read checkpoint {path}: not an sslseg Lightning checkpoint "
-                        f"({exc.__class__.__name__})") from exc
+    checkpoint, train_cfg = read_checkpoint(path)
     if int(train_cfg.dataset.num_classes) != int(cfg.dataset.num_classes):
         raise UserError(f"{path} predicts {train_cfg.dataset.num_classes} classes ({train_cfg.dataset.name}) but "
                         f"dataset={cfg.dataset.name} has {cfg.dataset.num_classes}")

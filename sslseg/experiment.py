@@ -19,6 +19,7 @@ from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
+from sslseg.checkpoint import resume_checkpoint
 from sslseg.data.datamodule import SemiSegDataModule
 from sslseg.errors import UserError
 from sslseg.loggers import build_logger, log_config
@@ -110,6 +111,7 @@ def train(cfg: DictConfig) -> dict | None:
     start = time.time()
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     check_launch(cfg)
+    ckpt_path = resume_checkpoint(cfg, run_dir)
     if _is_launcher_rank():  # DDP children share their launcher's directory
         claim_run_dir(run_dir)
     quiet_duplicate_logs()
@@ -122,7 +124,7 @@ def train(cfg: DictConfig) -> dict | None:
 
         results = run_stages(cfg, cls, run_dir)
     else:
-        results = fit(cfg, cls, run_dir, ckpt_path=cfg.ckpt_path)
+        results = fit(cfg, cls, run_dir, ckpt_path=ckpt_path)
     results["wall_seconds"] = round(time.time() - start, 1)
     _report(run_dir, results)
     return results

@@ -78,6 +78,10 @@ def test_bad_inputs_end_with_one_line(data_dir, tmp_path):
                                                "(set paths.data_root=<folder of pascal>)"]
     run = run_cli("eval.py", f"ckpt_path={tmp_path / 'none.ckpt'}", f"paths.output_dir={tmp_path}")
     assert run.returncode != 0 and run.stderr.strip().splitlines()[-1].startswith("error: checkpoint not found")
+    run = run_cli("train.py", "ckpt_path=last", f"hydra.run.dir={tmp_path / 'fresh'}")  # nothing to resume
+    assert run.returncode == 2 and run.stderr.strip().splitlines() == [
+        f"error: ckpt_path=last: no checkpoint at {tmp_path / 'fresh' / 'checkpoints' / 'last.ckpt'} "
+        "(resume with hydra.run.dir=<the interrupted run's directory>)"]
     run = run_cli("train.py", "method=nope", f"paths.output_dir={tmp_path}")
     assert run.returncode != 0 and "Available options in 'method'" in run.stderr
     assert not list(tmp_path.rglob("results.json"))
