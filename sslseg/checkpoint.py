@@ -1,11 +1,24 @@
-"""Checkpoints a user names on the command line (`ckpt_path=`): read and checked before anything runs,
-so a wrong file is one line naming it, never a traceback or a run silently started from scratch."""
+"""Checkpoints to resume from.
+
+* Those a user names (`ckpt_path=`): read and checked before anything runs, so a wrong file is one line
+  naming it, never a traceback or a run silently started from scratch.
+* Those a run writes besides Lightning's epoch-end ones (`ResumePoints`): `last.ckpt` every
+  `callbacks.checkpoint.every_n_steps` training steps, and when the run is stopped by SIGTERM or
+  SIGINT. Each is written between two steps, with the data position and the random states, so the
+  resumed run takes the same batches and draws as one never stopped.
+"""
 
 from __future__ import annotations
 
+import os
+import random
+import signal
 from pathlib import Path
 
+import lightning.pytorch as pl
+import numpy as np
 import torch
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
 from sslseg.errors import UserError
@@ -47,3 +60,80 @@ def resume_checkpoint(cfg: DictConfig, run_dir: Path) -> str | None:
             raise UserError(f"{path} was trained with {key}={trained}, this run has {key}={now} "
                             f"(a resumed run keeps its {what})")
     return str(path)
+
+
+def random_states() -> dict:
+    """Python's, NumPy's and torch's global generators (CUDA's too where it runs): what dropout, feature
+    perturbation and the methods' sampling draw from. DDP ranks share one seed, so rank 0's are everyone's."""
+    kind, keys, position, has_gauss, gauss = np.random.get_state()
+    numpy_state = (kind, torch.from_numpy(keys.astype(np.int64)), position, has_gauss, gauss)  # weights_only-loadable
+    states = {"python": random.getstate(), "numpy": numpy_state, "torch": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        states["cuda"] = torch.cuda.get_rng_state()  # this process's device
+    return states
+
+
+def set_random_states(states: dict) -> None:
+    random.setstate(states["python"])
+    kind, keys, position, has_gauss, gauss = states["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), position, has_gauss, gauss))
+    torch.set_rng_state(states["torch"])
+    if "cuda" in states and torch.cuda.is_available():
+        torch.cuda.set_rng_state(states["cuda"])
+
+
+class ResumePoints(pl.Callback):
+    """Writes `<dirpath>/last.ckpt` every `every_n_steps` training steps (0: never) and when a signal stops
+    the run. Lightning turns SIGTERM into an exception after the step in progress (synchronised across
+    DDP ranks); SIGINT (Ctrl+C) is sent on as SIGTERM, so it takes the same path instead of interrupting
+    a step half-way. `signal_received` says which signal stopped the run."""
+
+    def __init__(self, dirpath: Path, every_n_steps: int):
+        self.path = Path(dirpath) / "last.ckpt"
+        self.every_n_steps = int(every_n_steps)
+        self.saved_at = -1
+        self.signal_received: int | None = None
+        self._previous_sigint = None
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        self.saved_at = pl_module.train_steps  # a resumed run does not rewrite the checkpoint it started from
+        if _in_main_thread():
+            self._previous_sigint = signal.signal(signal.SIGINT, self._on_sigint)
+
+    def _on_sigint(self, signum, frame) -> None:
+        self.signal_received = signal.SIGINT
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # a second Ctrl+C interrupts at once
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx: int) -> None:
+        # Between step k and step k+1: the previous step, its teacher update and its counter are done.
+        steps = pl_module.train_steps
+        if self.every_n_steps > 0 and steps > self.saved_at and steps % self.every_n_steps == 0:
+            self.save(trainer, steps)
+
+    def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
+        if isinstance(exception, SIGTERMException):  # raised after a whole step, on every rank
+            self.signal_received = self.signal_received or signal.SIGTERM
+            self.save(trainer, pl_module.train_steps)
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        self.restore_sigint()
+
+    def restore_sigint(self) -> None:
+        if self._previous_sigint is not None:
+            signal.signal(signal.SIGINT, self._previous_sigint)
+            self._previous_sigint = None
+
+    def save(self, trainer, steps: int) -> None:
+        """Write to a temporary file, then rename: a run killed while writing keeps the previous checkpoint."""
+        partial = self.path.with_name(".last.ckpt.partial")
+        trainer.save_checkpoint(partial)
+        if trainer.is_global_zero:
+            os.replace(partial, self.path)
+        self.saved_at = steps
+
+
+def _in_main_thread() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import fcntl
 import logging
 import os
+import signal
 import sys
 import time
 import warnings
@@ -17,9 +18,10 @@ from hydra.types import RunMode
 from hydra.utils import get_class
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
-from sslseg.checkpoint import resume_checkpoint
+from sslseg.checkpoint import ResumePoints, resume_checkpoint
 from sslseg.data.datamodule import SemiSegDataModule
 from sslseg.errors import UserError
 from sslseg.loggers import build_logger, log_config
@@ -149,7 +151,8 @@ def fit(cfg: DictConfig, cls: type[SemiSegModule], out_dir: Path, ckpt_path: str
     ckpt_cfg = cfg.callbacks.checkpoint
     checkpoint = ModelCheckpoint(dirpath=out_dir / "checkpoints", filename="best", monitor=ckpt_cfg.monitor,
                                  mode=ckpt_cfg.mode, save_last=ckpt_cfg.save_last, auto_insert_metric_name=False)
-    callbacks = [checkpoint]
+    resume_points = ResumePoints(out_dir / "checkpoints", ckpt_cfg.every_n_steps)
+    callbacks = [checkpoint, resume_points]
     if logger is not None and cfg.callbacks.lr_monitor:
         callbacks.append(LearningRateMonitor(logging_interval="step"))
     trainer = pl.Trainer(**trainer_kwargs(cfg), logger=logger or False, callbacks=callbacks,
@@ -172,7 +175,12 @@ def fit(cfg: DictConfig, cls: type[SemiSegModule], out_dir: Path, ckpt_path: str
         if cfg.evaluate_best:
             trainer.validate(module, datamodule=datamodule, ckpt_path=best_path, verbose=False)
             best = module.last_val
+    except SIGTERMException:
+        signum = resume_points.signal_received or signal.SIGTERM
+        _say_how_to_resume(cfg, signal.Signals(signum).name, module.train_steps, resume_points.path)
+        raise SystemExit(128 + signum) from None
     finally:
+        resume_points.restore_sigint()
         _finish_wandb()
 
     return {
@@ -189,6 +197,17 @@ def fit(cfg: DictConfig, cls: type[SemiSegModule], out_dir: Path, ckpt_path: str
         "precision": str(trainer.precision), "run_dir": str(out_dir),
         "uses_image_tags": module.uses_image_tags,  # semi-and-weakly supervised (PCT): not comparable with SSS rows
     }
+
+
+@rank_zero_only
+def _say_how_to_resume(cfg: DictConfig, signal_name: str, steps: int, checkpoint: Path) -> None:
+    hydra_cfg = HydraConfig.get()
+    overrides = [o for o in hydra_cfg.overrides.task if not o.startswith(("ckpt_path=", "hydra.run.dir="))]
+    command = " ".join(["python train.py", *overrides, f"hydra.run.dir={hydra_cfg.runtime.output_dir}"])
+    if not cfg.method.get("stages"):  # a staged run finds its stage's last.ckpt by itself
+        command += " ckpt_path=last"
+    print(f"\nstopped by {signal_name} after step {steps}, checkpoint {checkpoint}; resume with: {command}",
+          file=sys.stderr, flush=True)
 
 
 @rank_zero_only

@@ -43,8 +43,21 @@ def last_line(text: str) -> str:
     return lines[-1] if lines else ""
 
 
-def kill_train_when(path: Path, *args: str, timeout: int = 600) -> None:
-    """Start `train.py args` and SIGKILL it as soon as `path` exists (or it ends, or time runs out)."""
+def mini_split(data_dir: Path, out: Path, unlabeled: int = 64) -> Path:
+    """A splits folder (`dataset.splits_dir`) with split 'mini': the toy set's 16 labeled images and its
+    first `unlabeled` unlabeled ones (an epoch of unlabeled/8 steps at the default batch)."""
+    toy = data_dir / "toy" / "splits"
+    (out / "mini").mkdir(parents=True)
+    (out / "mini" / "labeled.txt").write_text((toy / "16" / "labeled.txt").read_text())
+    (out / "mini" / "unlabeled.txt").write_text("\n".join((toy / "16" / "unlabeled.txt").read_text().split("\n")
+                                                          [:unlabeled]) + "\n")
+    (out / "val.txt").write_text((toy / "val.txt").read_text())
+    return out
+
+
+def kill_train_when(path: Path, *args: str, timeout: int = 600, sig: int | None = None) -> tuple[int, str]:
+    """Start `train.py args`, send it `sig` (SIGKILL by default) as soon as `path` exists (or it ends, or
+    time runs out); its exit code and output once it has ended."""
     import signal
     import time
 
@@ -54,5 +67,6 @@ def kill_train_when(path: Path, *args: str, timeout: int = 600) -> None:
     deadline = time.time() + timeout
     while not path.is_file() and run.poll() is None and time.time() < deadline:
         time.sleep(0.2)
-    run.send_signal(signal.SIGKILL)
-    run.communicate()
+    run.send_signal(signal.SIGKILL if sig is None else sig)
+    output, _ = run.communicate(timeout=timeout)
+    return run.returncode, output

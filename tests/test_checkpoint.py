@@ -53,7 +53,8 @@ def test_missing_empty_random_and_truncated_files(tmp_path):
         message = error_of(run_cfg(str(tmp_path / name)), tmp_path)
         assert message.startswith(f"cannot read checkpoint {tmp_path / name}: not an sslseg Lightning checkpoint (")
     torch.save({"state_dict": {}}, tmp_path / "foreign.ckpt")  # a checkpoint without sslseg's config
-    assert "not an sslseg Lightning checkpoint (KeyError)" in error_of(run_cfg(str(tmp_path / "foreign.ckpt")), tmp_path)
+    foreign = error_of(run_cfg(str(tmp_path / "foreign.ckpt")), tmp_path)
+    assert "not an sslseg Lightning checkpoint (KeyError)" in foreign
 
 
 def test_another_method_class_count_or_backbone_is_named(tmp_path):

@@ -8,20 +8,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.conftest import kill_train_when, last_line, run_cli
+from tests.conftest import kill_train_when, last_line, mini_split, run_cli
 
 pytestmark = pytest.mark.slow
-
-
-def _mini_split(data_dir: Path, out: Path, unlabeled: int = 64) -> Path:
-    """split 'mini': the toy set's 16 labeled images and its first `unlabeled` unlabeled ones."""
-    toy = data_dir / "toy" / "splits"
-    (out / "mini").mkdir(parents=True)
-    (out / "mini" / "labeled.txt").write_text((toy / "16" / "labeled.txt").read_text())
-    (out / "mini" / "unlabeled.txt").write_text("\n".join((toy / "16" / "unlabeled.txt").read_text().split("\n")
-                                                          [:unlabeled]) + "\n")
-    (out / "val.txt").write_text((toy / "val.txt").read_text())
-    return out
 
 
 def _args(data_dir: Path, splits: Path, run_dir: Path, *extra: str) -> list[str]:
@@ -36,7 +25,7 @@ def _class_shares(folder: Path, num_classes: int = 6) -> np.ndarray:
 
 
 def test_dars_runs_every_stage_and_aligns_the_pseudo_label_distribution(data_dir, tmp_path):
-    splits = _mini_split(data_dir, tmp_path / "splits")
+    splits = mini_split(data_dir, tmp_path / "splits")
     run_dir = tmp_path / "run"
     # Round 0 long enough that every class is predicted on more pixels than its target (no overflow).
     budget = ["method.stages.round0.epochs=25", "method.stages.round1.epochs=1", "method.stages.round2.epochs=1"]
@@ -62,7 +51,7 @@ def test_dars_runs_every_stage_and_aligns_the_pseudo_label_distribution(data_dir
 
 
 def test_dars_killed_in_round1_resumes_in_round1(data_dir, tmp_path):
-    splits = _mini_split(data_dir, tmp_path / "splits", unlabeled=16)
+    splits = mini_split(data_dir, tmp_path / "splits", unlabeled=16)
     run_dir = tmp_path / "run"
     args = _args(data_dir, splits, run_dir, "method.stages.round0.epochs=1", "method.stages.round1.epochs=4",
                  "method.stages.round2.epochs=1")
@@ -81,7 +70,7 @@ def test_dars_killed_in_round1_resumes_in_round1(data_dir, tmp_path):
 
 
 def test_dars_on_two_cpu_processes_labels_every_image_once(data_dir, tmp_path):
-    splits = _mini_split(data_dir, tmp_path / "splits", unlabeled=24)
+    splits = mini_split(data_dir, tmp_path / "splits", unlabeled=24)
     run_dir = tmp_path / "run"
     run = run_cli("train.py", *_args(data_dir, splits, run_dir, "method.stages.round0.epochs=1",
                                      "method.stages.round1.epochs=1", "method.stages.round2.epochs=1", "trainer=ddp",

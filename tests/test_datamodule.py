@@ -111,6 +111,27 @@ def test_batches_do_not_depend_on_the_workers(data_dir):
                 assert torch.equal(a[stream][key], b[stream][key]), (stream, key)
 
 
+@pytest.mark.parametrize("workers", [0, 2])
+def test_a_restored_data_position_resumes_at_that_epoch_and_step(data_dir, workers):
+    """A checkpoint's (epoch, steps run) is restored before Lightning builds the loaders: the first batch is
+    the one the uninterrupted run takes next, also with persistent workers, which draw their indices when
+    the iterator is made (before Lightning sets the epoch)."""
+    cfg = compose_cfg([f"paths.data_dir={data_dir}", "split=16", f"data.num_workers={workers}"])
+    dm = _datamodule(cfg, ("labeled", "unlabeled"))
+    dm.setup("fit")
+    dm.load_state_dict({"epoch": 2, "batches": 3})
+    loader = dm.train_dataloader()
+    batch = next(iter(loader))[0]
+    for stream in ("labeled", "unlabeled"):
+        sampler = loader.iterables[stream].sampler
+        expected = [(2, int(i)) for i in sampler.order(2)[24:32]]  # the 4th batch of epoch 2 (batches of 8)
+        dataset = dm.train_sets[stream]
+        first = "image" if stream == "labeled" else "weak"
+        assert torch.equal(batch[stream][first], torch.stack([dataset[key][first] for key in expected]))
+    dm.load_state_dict({})  # a checkpoint saved outside training has no position: nothing changes
+    assert dm.resume_position == (2, 3)
+
+
 def test_an_item_is_a_function_of_epoch_and_index(data_dir):
     cfg = compose_cfg([f"paths.data_dir={data_dir}", "split=16"])
     dm = _datamodule(cfg, ("labeled", "unlabeled"))

@@ -22,6 +22,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import lightning.pytorch as pl
+import torch
 from lightning.pytorch.accelerators import CUDAAccelerator
 from lightning.pytorch.utilities.combined_loader import CombinedLoader
 from omegaconf import DictConfig, OmegaConf
@@ -69,6 +70,7 @@ class SemiSegDataModule(pl.LightningDataModule):
         if unknown:
             raise UserError(f"unknown data streams {sorted(unknown)}; known: {list(STREAM_IDS)}")
         self.pseudo_list = None if pseudo_list is None else Path(pseudo_list)
+        self.resume_position: tuple[int, int] | None = None  # (epoch, steps run in it) of a resumed run
         self.dataset_cfg = dataset
         self.data_cfg = data
         self.root = Path(data_root)
@@ -165,14 +167,40 @@ class SemiSegDataModule(pl.LightningDataModule):
 
     def train_dataloader(self):
         rank, world = (self.trainer.global_rank, self.trainer.world_size) if self.trainer is not None else (0, 1)
-        loaders = {
-            name: DataLoader(self.train_sets[name], batch_size=int(self.data_cfg.batch_size), drop_last=True,
-                             sampler=EpochSampler(len(self.train_sets[name]), (self.seed, STREAM_IDS[name]), rank,
-                                                  world),
-                             **self._loader_kwargs())
-            for name in self.streams
-        }
+        kwargs = self._loader_kwargs()
+        if not kwargs["persistent_workers"]:
+            # An iterator made anew each epoch draws its workers' base seed at the epoch's start; from torch's
+            # global generator that draw would sit between two training steps, where a run resumed from an
+            # epoch-end checkpoint cannot replay it. (Persistent workers draw once, when the fit starts.)
+            kwargs["generator"] = torch.Generator().manual_seed(self.seed)
+        loaders = {}
+        for name in self.streams:
+            sampler = EpochSampler(len(self.train_sets[name]), (self.seed, STREAM_IDS[name]), rank, world)
+            if self.resume_position is not None:
+                epoch, batches = self.resume_position
+                sampler.resume_at(epoch, batches * int(self.data_cfg.batch_size))
+            loaders[name] = DataLoader(self.train_sets[name], batch_size=int(self.data_cfg.batch_size), drop_last=True,
+                                       sampler=sampler, **kwargs)
         return CombinedLoader(loaders, mode="min_size")
+
+    # -- the data position in checkpoints ---------------------------------------------------------
+    # Lightning saves this with every checkpoint and restores it before it builds the loaders (it builds
+    # them early, when the lr schedule asks for the number of steps, so a loader's own state_dict, which
+    # it loads later, would come too late).
+    def state_dict(self) -> dict:
+        """Where training is: the epoch and the steps the loop has run in it (not the batches the workers
+        have prefetched); at an epoch's end, the start of the next one."""
+        if self.trainer is None or not self.trainer.training:
+            return {}
+        epoch = self.trainer.current_epoch
+        done = self.trainer.fit_loop.epoch_loop.batch_progress.current.processed
+        if done >= self.trainer.num_training_batches:
+            epoch, done = epoch + 1, 0
+        return {"epoch": epoch, "batches": done}
+
+    def load_state_dict(self, state: dict) -> None:
+        if state:
+            self.resume_position = (int(state["epoch"]), int(state["batches"]))
 
     def val_dataloader(self):
         sampler = None

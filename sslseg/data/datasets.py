@@ -189,9 +189,18 @@ class EpochSampler(Sampler):
     def __init__(self, length: int, seed: tuple[int, ...], rank: int = 0, world_size: int = 1):
         self.length, self.seed, self.rank, self.world_size = length, tuple(seed), rank, world_size
         self.epoch = 0
+        self.skip = 0  # samples of `epoch` already trained on (a run resumed mid-epoch); used once
 
     def set_epoch(self, epoch: int) -> None:
+        if epoch != self.epoch:
+            self.skip = 0
         self.epoch = epoch
+
+    def resume_at(self, epoch: int, samples: int) -> None:
+        """Start the next pass at `epoch`, after its first `samples` samples. Set before the first
+        iteration: a persistent-worker loader draws its indices when Lightning makes its iterator,
+        before Lightning's `set_epoch` for that epoch."""
+        self.epoch, self.skip = epoch, samples
 
     def order(self, epoch: int) -> np.ndarray:
         """The dataset indices this rank reads in `epoch`."""
@@ -199,7 +208,8 @@ class EpochSampler(Sampler):
         return permutation[: len(self) * self.world_size][self.rank :: self.world_size]
 
     def __iter__(self):
-        return iter([(self.epoch, int(i)) for i in self.order(self.epoch)])
+        skip, self.skip = self.skip, 0
+        return iter([(self.epoch, int(i)) for i in self.order(self.epoch)[skip:]])
 
     def __len__(self) -> int:
         return self.length // self.world_size

@@ -20,6 +20,7 @@ from lightning.pytorch.loggers import WandbLogger
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
+from sslseg.checkpoint import random_states, set_random_states
 from sslseg.data.transforms import IGNORE_INDEX, IMAGENET_MEAN, IMAGENET_STD
 from sslseg.errors import UserError
 from sslseg.inference import predict_with, returns_probabilities
@@ -61,6 +62,7 @@ class SemiSegModule(pl.LightningModule):
         teacher_cfg = self.cfg.method.get("teacher")
         self.teacher = Teacher(self.model, **teacher_cfg) if teacher_cfg else None
         self.train_steps = 0  # training steps completed: the teacher's index; checkpointed
+        self._random_states_to_restore: dict | None = None  # a resumed run's, set at its first step
         self.criterion_l = build_criterion(self.cfg.dataset.criterion)
         self.register_buffer("pixel_mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1) * 255, persistent=False)
         self.register_buffer("pixel_std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1) * 255, persistent=False)
@@ -139,9 +141,19 @@ class SemiSegModule(pl.LightningModule):
         self._handover_optimizers = checkpoint["optimizer_states"]
 
     # -- the step counter and the teacher ----------------------------------------------------------
+    def on_train_start(self) -> None:
+        # Lightning skips on_train_epoch_start when it resumes mid-epoch: the teacher's mode is set here too.
+        if self.teacher is not None:
+            self.teacher.set_epoch(self.current_epoch)
+
     def on_train_epoch_start(self) -> None:
         if self.teacher is not None:
             self.teacher.set_epoch(self.current_epoch)
+
+    def on_train_batch_start(self, batch, batch_idx: int) -> None:
+        if self._random_states_to_restore is not None:  # the first step after a resume: as if never stopped
+            set_random_states(self._random_states_to_restore)
+            self._random_states_to_restore = None
 
     def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
         self.step_completed()
@@ -157,9 +169,12 @@ class SemiSegModule(pl.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["train_steps"] = self.train_steps
         checkpoint["best_network"] = self.best_network  # the network the last validation reported
+        checkpoint["random_states"] = random_states()  # saved between two steps: those of the next step
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self.train_steps = int(checkpoint.get("train_steps", 0))
+        # Restored at the next step, after Lightning's set-up (sanity validation, new iterators) has drawn.
+        self._random_states_to_restore = checkpoint.get("random_states")
         if checkpoint.get("best_network") in self.networks():
             self.best_network = checkpoint["best_network"]
 
