@@ -73,10 +73,9 @@ def test_pct_runs_both_stages_and_resumes_in_stage2(data_dir, tmp_path):
 
     from PIL import Image
 
-    from tests.conftest import kill_train_when, run_cli
-    from tests.test_dars_end_to_end import _mini_split
+    from tests.conftest import kill_train_when, mini_split, run_cli
 
-    splits = _mini_split(data_dir, tmp_path / "splits", unlabeled=16)
+    splits = mini_split(data_dir, tmp_path / "splits", unlabeled=16)
     run_dir = tmp_path / "run"
     args = ["method=pct", f"paths.data_dir={data_dir}", f"dataset.splits_dir={splits}", "split=mini", "logger=none",
             "data.num_workers=0", "trainer.enable_progress_bar=false", "trainer.limit_val_batches=1",
