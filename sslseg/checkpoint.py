@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import random
 import signal
+import threading
 from pathlib import Path
 
 import lightning.pytorch as pl
@@ -133,7 +134,5 @@ class ResumePoints(pl.Callback):
         self.saved_at = steps
 
 
-def _in_main_thread() -> bool:
-    import threading
-
+def _in_main_thread() -> bool:  # signal handlers can only be set there
     return threading.current_thread() is threading.main_thread()

@@ -149,8 +149,11 @@ def fit(cfg: DictConfig, cls: type[SemiSegModule], out_dir: Path, ckpt_path: str
 
     logger = build_logger(cfg, out_dir)
     ckpt_cfg = cfg.callbacks.checkpoint
+    # One best.ckpt and one last.ckpt: ResumePoints writes last.ckpt too, and a resumed run finds its own files
+    # (Lightning would otherwise version the names: last-v1.ckpt).
     checkpoint = ModelCheckpoint(dirpath=out_dir / "checkpoints", filename="best", monitor=ckpt_cfg.monitor,
-                                 mode=ckpt_cfg.mode, save_last=ckpt_cfg.save_last, auto_insert_metric_name=False)
+                                 mode=ckpt_cfg.mode, save_last=ckpt_cfg.save_last, auto_insert_metric_name=False,
+                                 enable_version_counter=False)
     resume_points = ResumePoints(out_dir / "checkpoints", ckpt_cfg.every_n_steps)
     callbacks = [checkpoint, resume_points]
     if logger is not None and cfg.callbacks.lr_monitor:

@@ -42,6 +42,11 @@ def uninterrupted(args, tmp_path_factory):
             run_dir = tmp_path_factory.mktemp(f"whole_{method}")
             result = run_cli("train.py", *args(method, run_dir))
             assert result.returncode == 0, result.stderr[-3000:]
+            # The epoch-end checkpoint (written during validation) points at the start of the next epoch.
+            last = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+            assert last["train_steps"] == 2 * STEPS_PER_EPOCH
+            assert last["SemiSegDataModule"] == {"epoch": 2, "batches": 0}
+            assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["best.ckpt", "last.ckpt"]
             done[method] = run_dir
         return done[method]
     return run
@@ -94,3 +99,19 @@ def test_a_signal_saves_a_checkpoint_and_the_printed_command_resumes_bit_identic
     resumed = run_cli("train.py", *command[2:])
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     _assert_same_end(run_dir, uninterrupted(method))
+
+
+def test_resumed_at_an_epoch_end_with_persistent_workers_ends_bit_identical(args, tmp_path):
+    """Epoch-end checkpoints only; two persistent workers, which draw the next epoch's indices when the
+    resumed fit makes its iterator (a resumed run once replayed epoch 0's batches there)."""
+    workers = ["data.num_workers=2", "callbacks.checkpoint.every_n_steps=0"]
+    whole = run_cli("train.py", *args("supervised", tmp_path / "whole"), *workers)
+    assert whole.returncode == 0, whole.stderr[-3000:]
+
+    run_dir = tmp_path / "stopped"
+    last = run_dir / "checkpoints" / "last.ckpt"
+    kill_train_when(last, *args("supervised", run_dir), *workers)  # SIGKILL once epoch 0's checkpoint exists
+    assert torch.load(last, map_location="cpu", weights_only=False)["SemiSegDataModule"]["batches"] == 0
+    resumed = run_cli("train.py", *args("supervised", run_dir), *workers, "ckpt_path=last")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    _assert_same_end(run_dir, tmp_path / "whole")

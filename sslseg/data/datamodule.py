@@ -24,6 +24,7 @@ from pathlib import Path
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.accelerators import CUDAAccelerator
+from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities.combined_loader import CombinedLoader
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
@@ -175,13 +176,17 @@ class SemiSegDataModule(pl.LightningDataModule):
             kwargs["generator"] = torch.Generator().manual_seed(self.seed)
         loaders = {}
         for name in self.streams:
-            sampler = EpochSampler(len(self.train_sets[name]), (self.seed, STREAM_IDS[name]), rank, world)
+            sampler = EpochSampler(len(self.train_sets[name]), (self.seed, STREAM_IDS[name]), rank, world,
+                                   epoch_source=None if self.trainer is None else self._current_epoch)
             if self.resume_position is not None:
                 epoch, batches = self.resume_position
                 sampler.resume_at(epoch, batches * int(self.data_cfg.batch_size))
             loaders[name] = DataLoader(self.train_sets[name], batch_size=int(self.data_cfg.batch_size), drop_last=True,
                                        sampler=sampler, **kwargs)
         return CombinedLoader(loaders, mode="min_size")
+
+    def _current_epoch(self) -> int:
+        return self.trainer.current_epoch
 
     # -- the data position in checkpoints ---------------------------------------------------------
     # Lightning saves this with every checkpoint and restores it before it builds the loaders (it builds
@@ -190,7 +195,7 @@ class SemiSegDataModule(pl.LightningDataModule):
     def state_dict(self) -> dict:
         """Where training is: the epoch and the steps the loop has run in it (not the batches the workers
         have prefetched); at an epoch's end, the start of the next one."""
-        if self.trainer is None or not self.trainer.training:
+        if self.trainer is None or self.trainer.state.fn != TrainerFn.FITTING:  # fitting includes its validation
             return {}
         epoch = self.trainer.current_epoch
         done = self.trainer.fit_loop.epoch_loop.batch_progress.current.processed

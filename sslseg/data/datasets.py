@@ -11,6 +11,7 @@ integer index means epoch 0.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from pathlib import Path
 
 import albumentations as A
@@ -183,24 +184,27 @@ class EvalDataset(Dataset):
 class EpochSampler(Sampler):
     """(epoch, index) keys of one training stream on one rank. Each epoch is a permutation of the
     dataset seeded by (seed, epoch), cut to a multiple of the world size and dealt out by rank (rank r
-    takes positions r, r+W, ...): every rank gets the same number of samples and none twice. Lightning
-    calls `set_epoch` before each epoch."""
+    takes positions r, r+W, ...): every rank gets the same number of samples and none twice.
 
-    def __init__(self, length: int, seed: tuple[int, ...], rank: int = 0, world_size: int = 1):
+    The epoch of a pass is read when the pass starts: from `epoch_source` (the DataModule gives the
+    trainer's current epoch; Lightning's own `set_epoch` value runs one ahead after a resume from an
+    epoch-end checkpoint), else from `set_epoch`. `resume_at` sets the next pass of a resumed run."""
+
+    def __init__(self, length: int, seed: tuple[int, ...], rank: int = 0, world_size: int = 1,
+                 epoch_source: Callable[[], int] | None = None):
         self.length, self.seed, self.rank, self.world_size = length, tuple(seed), rank, world_size
+        self.epoch_source = epoch_source
         self.epoch = 0
-        self.skip = 0  # samples of `epoch` already trained on (a run resumed mid-epoch); used once
+        self.resume: tuple[int, int] | None = None  # (epoch, samples already trained on) for the next pass
 
     def set_epoch(self, epoch: int) -> None:
-        if epoch != self.epoch:
-            self.skip = 0
         self.epoch = epoch
 
     def resume_at(self, epoch: int, samples: int) -> None:
         """Start the next pass at `epoch`, after its first `samples` samples. Set before the first
         iteration: a persistent-worker loader draws its indices when Lightning makes its iterator,
-        before Lightning's `set_epoch` for that epoch."""
-        self.epoch, self.skip = epoch, samples
+        before the trainer's loop state is restored."""
+        self.resume = (epoch, samples)
 
     def order(self, epoch: int) -> np.ndarray:
         """The dataset indices this rank reads in `epoch`."""
@@ -208,8 +212,12 @@ class EpochSampler(Sampler):
         return permutation[: len(self) * self.world_size][self.rank :: self.world_size]
 
     def __iter__(self):
-        skip, self.skip = self.skip, 0
-        return iter([(self.epoch, int(i)) for i in self.order(self.epoch)[skip:]])
+        if self.resume is not None:
+            (epoch, skip), self.resume = self.resume, None
+        else:
+            epoch, skip = (self.epoch_source() if self.epoch_source else self.epoch), 0
+        self.epoch = epoch
+        return iter([(epoch, int(i)) for i in self.order(epoch)[skip:]])
 
     def __len__(self) -> int:
         return self.length // self.world_size
