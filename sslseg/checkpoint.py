@@ -34,7 +34,8 @@ def read_checkpoint(path: str | Path) -> tuple[dict, DictConfig]:
     if not path.is_file():
         raise UserError(f"checkpoint not found: {path}")
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+        # Memory-mapped: a resume only reads the config here (Lightning loads the file itself afterwards).
+        checkpoint = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
         train_cfg = OmegaConf.create(checkpoint["hyper_parameters"]["cfg"])
     except Exception as exc:  # empty, truncated, random bytes, another program's file
         raise UserError(f"cannot read checkpoint {path}: not an sslseg Lightning checkpoint "

@@ -138,7 +138,7 @@ def predict(logits_fn: Logits, image: torch.Tensor, mode: str, num_classes: int,
     if not scales or min(scales) <= 0:
         raise UserError(f"dataset.eval.scales must be a non-empty list of positive numbers, got {scales}")
     stride = max(1, int(crop * stride_ratio))
-    single_view = scales == [1.0] and not flip and not base_size
+    single_view = is_single_view(scales, flip, base_size)
 
     if single_view and mode != "sliding":  # nothing is averaged: the raw logits
         return logits_fn(image) if mode == "whole" else center_crop_logits(logits_fn, image, crop)
@@ -176,8 +176,12 @@ def predict_with(logits_fn: Logits, image: torch.Tensor, num_classes: int, proto
                    base_size=protocol.get("base_size"))
 
 
+def is_single_view(scales, flip, base_size) -> bool:
+    """One pass at the image's own size: nothing for `predict` to average."""
+    return [float(s) for s in scales] == [1.0] and not flip and not base_size
+
+
 def returns_probabilities(protocol) -> bool:
     """Whether `predict_with(..., protocol)` returns probabilities (averaged softmax) rather than logits."""
-    single_view = list(protocol.get("scales", [1.0])) == [1.0] and not protocol.get("flip") \
-        and not protocol.get("base_size")
+    single_view = is_single_view(protocol.get("scales", [1.0]), protocol.get("flip"), protocol.get("base_size"))
     return protocol.get("average", "probs") == "probs" and (protocol.get("mode") == "sliding" or not single_view)

@@ -30,6 +30,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader
 
+from sslseg.checkpoint import read_checkpoint
 from sslseg.data.datamodule import ShardedEvalSampler
 from sslseg.data.io import read_mask
 from sslseg.data.splits import check_files_exist, read_split_file, split_files
@@ -147,14 +148,12 @@ def generate(cfg: DictConfig, cls, out_dir: Path, weights: Path, stage: DictConf
     num_classes = int(cfg.dataset.num_classes)
     tags = None
     if stage.get("tags"):
-        from sslseg.data.tags import image_tags
+        from sslseg.data.tags import dataset_tags
 
-        tags_file = cfg.dataset.get("tags_file")
-        tags = image_tags(samples, root, num_classes, cfg.dataset.get("layout", ""),
-                          tags_file=Path(tags_file) if tags_file else None)
+        tags = dataset_tags(samples, root, cfg.dataset)
 
-    checkpoint = torch.load(weights, map_location="cpu", weights_only=False)
-    module = cls(checkpoint["hyper_parameters"]["cfg"], load_pretrained=False)
+    checkpoint, train_cfg = read_checkpoint(weights)
+    module = cls(train_cfg, load_pretrained=False)
     module.load_state_dict(checkpoint["state_dict"])
     writer = PseudoLabelWriter(out_dir, num_classes)
     kwargs = trainer_kwargs(cfg) | {"logger": False, "enable_checkpointing": False, "callbacks": [writer]}

@@ -150,11 +150,9 @@ class SemiSegDataModule(pl.LightningDataModule):
                                                        geometric_aug=geometric_aug)
 
     def _tags(self, samples) -> list:
-        from sslseg.data.tags import image_tags
+        from sslseg.data.tags import dataset_tags
 
-        tags_file = self.dataset_cfg.get("tags_file")
-        return image_tags(samples, self.root, int(self.dataset_cfg.num_classes), self.dataset_cfg.get("layout", ""),
-                          tags_file=Path(tags_file) if tags_file else None)
+        return dataset_tags(samples, self.root, self.dataset_cfg)
 
     # -- loaders ----------------------------------------------------------------------------------
     def _loader_kwargs(self) -> dict:

@@ -113,3 +113,10 @@ def image_tags(samples: Sequence[Sample], root: str | Path, num_classes: int, la
                             f"(set dataset.tags_file to a tag file that lists it, or give it a mask)")
         out.append(tags_from_mask(read_mask(root / mask, num_classes), num_classes))
     return out
+
+
+def dataset_tags(samples: Sequence[Sample], root: str | Path, dataset_cfg) -> list[np.ndarray]:
+    """`image_tags` with a dataset config's class count, layout and `tags_file`."""
+    tags_file = dataset_cfg.get("tags_file")
+    return image_tags(samples, root, int(dataset_cfg.num_classes), dataset_cfg.get("layout", ""),
+                      tags_file=Path(tags_file) if tags_file else None)

@@ -142,11 +142,12 @@ class SemiSegModule(pl.LightningModule):
 
     # -- the step counter and the teacher ----------------------------------------------------------
     def on_train_start(self) -> None:
-        # Lightning skips on_train_epoch_start when it resumes mid-epoch: the teacher's mode is set here too.
-        if self.teacher is not None:
-            self.teacher.set_epoch(self.current_epoch)
+        self._set_teacher_epoch()  # Lightning skips on_train_epoch_start when it resumes mid-epoch
 
     def on_train_epoch_start(self) -> None:
+        self._set_teacher_epoch()
+
+    def _set_teacher_epoch(self) -> None:
         if self.teacher is not None:
             self.teacher.set_epoch(self.current_epoch)
 

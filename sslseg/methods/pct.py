@@ -83,8 +83,9 @@ class IoUTracker(nn.Module):
         truth = counts(target.clamp(max=k - 1), valid)
         predicted = counts(prediction, torch.ones_like(valid))
         agreeing = counts(prediction, valid * (prediction == target).flatten().double())
-        for stat, new in ((self.truth, truth), (self.predicted, predicted), (self.agreeing, agreeing)):
-            stat.mul_(self.decay).add_(reduce_sum(new))
+        totals = reduce_sum(torch.stack([truth, predicted, agreeing]))  # one all-reduce under DDP
+        for stat, new in zip((self.truth, self.predicted, self.agreeing), totals):
+            stat.mul_(self.decay).add_(new)
 
     def iou(self) -> torch.Tensor:
         return self.agreeing / (self.truth + self.predicted - self.agreeing)
