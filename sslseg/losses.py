@@ -104,7 +104,12 @@ def class_aware_cross_entropy(logits: torch.Tensor, target: torch.Tensor, tags: 
                               reduction: str = "mean") -> torch.Tensor:
     """NLL of the class-aware log-softmax, ignore 255: the mean over non-ignored pixels, or per pixel
     (reduction="none", 0 at ignored pixels)."""
-    return F.nll_loss(class_aware_log_probs(logits, tags), target, ignore_index=IGNORE_INDEX, reduction=reduction)
+    return class_aware_nll(class_aware_log_probs(logits, tags), target, reduction)
+
+
+def class_aware_nll(log_probs: torch.Tensor, target: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+    """`class_aware_cross_entropy` from log-probabilities already computed by `class_aware_log_probs`."""
+    return F.nll_loss(log_probs, target, ignore_index=IGNORE_INDEX, reduction=reduction)
 
 
 def tag_classification_loss(logits: torch.Tensor, tags: torch.Tensor) -> torch.Tensor:

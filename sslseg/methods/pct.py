@@ -47,7 +47,7 @@ from torch import nn
 from sslseg.data.transforms import IGNORE_INDEX
 from sslseg.errors import UserError
 from sslseg.inference import predict_with
-from sslseg.losses import class_aware_cross_entropy, class_aware_log_probs, tag_classification_loss
+from sslseg.losses import class_aware_log_probs, class_aware_nll, tag_classification_loss
 from sslseg.methods.base import SemiSegModule
 from sslseg.models import build_segmentor
 
@@ -153,11 +153,13 @@ class PCT(SemiSegModule):
         tags = torch.cat([seg["tags"], tagged["tags"]]).bool()
         hybrid = self.model(images).logits
         pseudo = self.pseudo_net(images).logits
+        # The class-aware log-softmax once per network: the pseudo-labels and the losses read it.
+        log_probs_h, log_probs_p = class_aware_log_probs(hybrid, tags), class_aware_log_probs(pseudo, tags)
 
         # 1. Pseudo-labels of both networks; the ground truth where a tagged image has one.
         with torch.no_grad():
-            label_h = class_aware_log_probs(hybrid.detach(), tags).argmax(1)
-            label_p = class_aware_log_probs(pseudo.detach(), tags).argmax(1)
+            label_h = log_probs_h.detach().argmax(1)
+            label_p = log_probs_p.detach().argmax(1)
             has_mask = tagged["has_mask"].bool()[:, None, None]
             target_p = torch.where(has_mask, tagged["mask"], label_h[n:])  # for PseudoNet
             target_h = torch.where(has_mask, tagged["mask"], label_p[n:])  # for HybridNet's L_pct
@@ -168,11 +170,10 @@ class PCT(SemiSegModule):
 
         # 2-5. The four losses.
         terms = {
-            "seg_hybrid": class_aware_cross_entropy(hybrid[:n], seg["mask"], seg["tags"]),
+            "seg_hybrid": class_aware_nll(log_probs_h[:n], seg["mask"]),
             "cls": tag_classification_loss(hybrid, tags),
-            "seg_pseudo": class_aware_cross_entropy(pseudo[n:], target_p, tagged["tags"]),
-            "pct": (class_aware_cross_entropy(hybrid[n:], target_h, tagged["tags"], reduction="none")
-                    * weights[:, None, None]).mean(),
+            "seg_pseudo": class_aware_nll(log_probs_p[n:], target_p),
+            "pct": (class_aware_nll(log_probs_h[n:], target_h, reduction="none") * weights[:, None, None]).mean(),
         }
         loss = sum(terms.values())
         self.optimize(loss)
