@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
-from sslseg.data.io import read_image, read_mask
+from sslseg.data.io import read_image, read_pair
 from sslseg.data.splits import Sample
 from sslseg.data.transforms import (
     IGNORE_INDEX,
@@ -85,8 +85,7 @@ class LabeledDataset(_Augmented):
     def __getitem__(self, key: Key) -> dict:
         i, _ = self._start(key)
         sample = self.samples[self.index[i]]
-        image = read_image(self.root / sample.image)
-        mask = read_mask(self.mask_root / sample.mask, self.num_classes)
+        image, mask = read_pair(self.root / sample.image, self.mask_root / sample.mask, self.num_classes)
         out = self.geometric(image=image, mask=mask)
         item = {"image": _to_chw(out["image"]), "mask": torch.from_numpy(out["mask"]).long()}
         if self.tags is not None:
@@ -153,10 +152,10 @@ class TaggedDataset(_Augmented):
     def __getitem__(self, key: Key) -> dict:
         i, _ = self._start(key)
         sample = self.samples[i]
-        image = read_image(self.root / sample.image)
         if self.has_mask[i]:
-            mask = read_mask(self.root / sample.mask, self.num_classes)
+            image, mask = read_pair(self.root / sample.image, self.root / sample.mask, self.num_classes)
         else:
+            image = read_image(self.root / sample.image)
             mask = np.full(image.shape[:2], IGNORE_INDEX, dtype=np.uint8)
         out = self.crop(image=image, mask=mask)
         return {"image": _to_chw(out["image"]), "mask": torch.from_numpy(out["mask"]).long(),
@@ -176,8 +175,7 @@ class EvalDataset(Dataset):
 
     def __getitem__(self, i: int) -> dict:
         sample = self.samples[i]
-        image = read_image(self.root / sample.image)
-        mask = read_mask(self.root / sample.mask, self.num_classes)
+        image, mask = read_pair(self.root / sample.image, self.root / sample.mask, self.num_classes)
         return {"image": _to_chw(image), "mask": torch.from_numpy(mask).long(), "index": i}
 
 

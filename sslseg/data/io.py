@@ -38,3 +38,12 @@ def read_mask(path: str | Path, num_classes: int) -> np.ndarray:
                 f"mask has labels {bad[:5].tolist()} outside 0..{num_classes - 1} (and not {IGNORE_INDEX}): {path}"
             )
     return mask.astype(np.uint8, copy=False)  # 16-bit masks holding small ids are fine
+
+
+def read_pair(image_path: str | Path, mask_path: str | Path, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
+    """An image and its mask, which must be the same size (else every crop would misalign them)."""
+    image, mask = read_image(image_path), read_mask(mask_path, num_classes)
+    if image.shape[:2] != mask.shape:
+        raise UserError(f"mask {mask_path} is {mask.shape[1]}x{mask.shape[0]} but its image {image_path} is "
+                        f"{image.shape[1]}x{image.shape[0]} (width x height)")
+    return image, mask

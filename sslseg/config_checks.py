@@ -1,0 +1,114 @@
+"""Checks of the options users type most, and of the output folder, before a run starts.
+
+Hydra composes `data.batch_size=abc` without complaint (the value is only a string to it), and the mistake
+surfaced later as a TypeError deep in the DataLoader or the lr schedule; an output folder Hydra cannot create
+ended in Hydra's traceback. `RunChecks` runs both checks as a Hydra callback, before Hydra creates the run
+directory, so a bad option leaves nothing behind; `check_config` runs again in each job of a sweep (whose
+overrides Hydra applies per job). Light imports only: this runs before torch is imported.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import InterpolationResolutionError, MissingMandatoryValue
+
+from sslseg.errors import UserError
+
+
+def _positive_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+
+def _int_at_least(low: int):
+    return lambda value: isinstance(value, int) and not isinstance(value, bool) and value >= low
+
+
+def _positive_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0
+
+
+def _devices(value: Any) -> bool:
+    if value == "auto" or value == -1 or _positive_int(value):
+        return True
+    if isinstance(value, str):  # Lightning's "0,1" / "2" forms
+        return all(part.strip().isdigit() for part in value.split(",") if part.strip()) and value.strip() != ""
+    return isinstance(value, (list, tuple)) and len(value) > 0 and all(_int_at_least(0)(v) for v in value)
+
+
+def _split(value: Any) -> bool:
+    return (isinstance(value, str) and value.strip() != "" and "/" not in value) or _int_at_least(0)(value)
+
+
+# (option, test, what it expects). A missing option (another config, e.g. eval's) is skipped.
+TYPED_OPTIONS = (
+    ("data.batch_size", _positive_int, "a positive integer"),
+    ("data.global_batch_size", lambda v: v is None or _positive_int(v), "a positive integer or null"),
+    ("data.val_batch_size", _positive_int, "a positive integer"),
+    ("data.num_workers", _int_at_least(0), "an integer ≥ 0"),
+    ("trainer.max_steps", _int_at_least(-1), "an integer ≥ 1, or -1 for no limit"),
+    ("trainer.max_epochs", lambda v: v is None or _int_at_least(-1)(v), "an integer ≥ 1, or -1 for no limit"),
+    ("trainer.devices", _devices, "a positive integer, -1, auto, or a list of device ids"),
+    ("trainer.num_nodes", _positive_int, "a positive integer"),
+    ("optim.lr", _positive_number, "a positive number"),
+    ("seed", _int_at_least(0), "an integer ≥ 0"),
+    ("split", _split, "a split folder name (92, 1_16, ...)"),
+    ("callbacks.checkpoint.every_n_steps", _int_at_least(0), "an integer ≥ 0 (0: at epoch ends only)"),
+)
+
+
+def check_config(cfg: DictConfig) -> None:
+    """One UserError naming the first option whose value has the wrong type or range."""
+    for key, valid, expected in TYPED_OPTIONS:
+        try:
+            value = OmegaConf.select(cfg, key, default="<absent>", throw_on_missing=True)
+        except MissingMandatoryValue:
+            raise UserError(f"{key} has no value: set {key}=<{expected}>") from None
+        except InterpolationResolutionError as exc:
+            raise UserError(f"{key}: {str(exc).splitlines()[0]}") from None
+        if isinstance(value, str) and value == "<absent>":
+            continue
+        if not valid(value):
+            raise UserError(f"{key}={value}: expected {expected}")
+
+
+def check_writable(folder: Path, option: str) -> None:
+    """The folder exists and is writable, or can be created: one UserError naming it and the option."""
+    existing = folder
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise UserError(f"cannot create {folder} ({option}): {existing} is a file, not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UserError(f"cannot write to {existing} ({option}): permission denied")
+
+
+class RunChecks(Callback):
+    """Hydra callback (conf/train.yaml, conf/eval.yaml: hydra.callbacks) running the checks above before
+    Hydra creates the run or sweep directory. A UserError is printed as one line and exits with 2."""
+
+    def on_run_start(self, config: DictConfig, **kwargs) -> None:
+        self._check(config, "hydra.run.dir")
+
+    def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
+        self._check(config, "hydra.sweep.dir")
+
+    @staticmethod
+    def _check(config: DictConfig, dir_key: str) -> None:
+        try:
+            check_config(config)
+            check_writable(Path(str(OmegaConf.select(config, dir_key))), _output_option(config, dir_key))
+        except UserError as exc:
+            print(f"error: {exc}", file=sys.stderr, flush=True)
+            raise SystemExit(2) from None  # Hydra reports an Exception with its traceback; SystemExit passes
+
+
+def _output_option(config: DictConfig, dir_key: str) -> str:
+    """The option a user sets to move the output: hydra's own key only when they set it."""
+    overrides = OmegaConf.select(config, "hydra.overrides.task", default=[]) or []
+    return dir_key if any(str(o).startswith(f"{dir_key}=") for o in overrides) else "paths.output_dir"
