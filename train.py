@@ -2,18 +2,30 @@
 
 import os
 import sys
+from pathlib import Path
 
 import hydra
+from hydra.core.hydra_config import HydraConfig
 
 os.environ.setdefault("SSLSEG_ROOT", os.path.dirname(os.path.abspath(__file__)))
 
-from sslseg.cli import quote_split_overrides  # noqa: E402
+from sslseg.cli import is_launcher_rank, quote_split_overrides  # noqa: E402
+from sslseg.config_checks import check_config  # noqa: E402
+from sslseg.console_log import console_logged  # noqa: E402
 from sslseg.errors import exit_on_user_error  # noqa: E402
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
-@exit_on_user_error
 def main(cfg) -> None:
+    if not is_launcher_rank():  # a DDP child: its launcher logs the run's console
+        return run(cfg)
+    with console_logged(Path(HydraConfig.get().runtime.output_dir) / "train.log"):
+        return run(cfg)
+
+
+@exit_on_user_error
+def run(cfg) -> None:
+    check_config(cfg)  # again per job: a sweep's overrides reach the jobs only
     from sslseg.experiment import train
 
     train(cfg)

@@ -2,10 +2,10 @@
 
 * Those a user names (`ckpt_path=`): read and checked before anything runs, so a wrong file is one line
   naming it, never a traceback or a run silently started from scratch.
-* Those a run writes besides Lightning's epoch-end ones (`ResumePoints`): `last.ckpt` every
-  `callbacks.checkpoint.every_n_steps` training steps, and when the run is stopped by SIGTERM or
-  SIGINT. Each is written between two steps, with the data position and the random states, so the
-  resumed run takes the same batches and draws as one never stopped.
+* Those a run writes (`RunCheckpoints`): best.ckpt and last.ckpt at epoch ends, and last.ckpt every
+  `callbacks.checkpoint.every_n_steps` training steps and when the run is stopped by SIGTERM or SIGINT.
+  Each is written between two steps, with the data position and the random states, so the resumed run
+  takes the same batches and draws as one never stopped.
 """
 
 from __future__ import annotations
@@ -14,11 +14,12 @@ import os
 import random
 import signal
 import threading
+import time
 from pathlib import Path
 
-import lightning.pytorch as pl
 import numpy as np
 import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
@@ -84,20 +85,48 @@ def set_random_states(states: dict) -> None:
         torch.cuda.set_rng_state(states["cuda"])
 
 
-class ResumePoints(pl.Callback):
-    """Writes `<dirpath>/last.ckpt` every `every_n_steps` training steps (0: never) and when a signal stops
-    the run. Lightning turns SIGTERM into an exception after the step in progress (synchronised across
-    DDP ranks); SIGINT (Ctrl+C) is sent on as SIGTERM, so it takes the same path instead of interrupting
-    a step half-way. `signal_received` says which signal stopped the run."""
+class RunCheckpoints(ModelCheckpoint):
+    """Lightning's ModelCheckpoint (best.ckpt by `monitor`, last.ckpt at epoch ends) that also writes
+    last.ckpt every `every_n_steps` training steps (0: never) and when a signal stops the run, writes every
+    file through a temporary name, and carries the run's wall time across resumes.
 
-    def __init__(self, dirpath: Path, every_n_steps: int):
-        self.path = Path(dirpath) / "last.ckpt"
+    Lightning turns SIGTERM into an exception after the step in progress (synchronised across DDP ranks);
+    SIGINT (Ctrl+C) is sent on as SIGTERM, so it takes the same path instead of interrupting a step
+    half-way. `signal_received` says which signal stopped the run. `wall_seconds()` is the time of this
+    part plus that of the parts before it, as recorded in the checkpoint it resumed from (time a killed
+    part spent after its last checkpoint is trained again, and counted once)."""
+
+    def __init__(self, every_n_steps: int = 1000, **kwargs):
+        super().__init__(**kwargs)
         self.every_n_steps = int(every_n_steps)
         self.saved_at = -1
         self.signal_received: int | None = None
         self._previous_sigint = None
+        self._started = time.monotonic()
+        self._seconds_loaded = 0.0  # from the checkpoint a fit resumes (validate(ckpt_path) loads one too)
+        self.seconds_before = 0.0  # the earlier parts of this fit
+
+    @property
+    def path(self) -> Path:
+        return Path(self.dirpath) / f"{self.CHECKPOINT_NAME_LAST}{self.FILE_EXTENSION}"
+
+    def count_time_from(self, started: float) -> None:
+        """Start this part's clock at `started` (time.monotonic()), e.g. before the data was set up."""
+        self._started = started
+
+    def wall_seconds(self) -> float:
+        return self.seconds_before + time.monotonic() - self._started
+
+    def state_dict(self) -> dict:
+        return super().state_dict() | {"wall_seconds": self.wall_seconds()}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self._seconds_loaded = float(state_dict.get("wall_seconds", 0.0))
+        super().load_state_dict(state_dict)
 
     def on_train_start(self, trainer, pl_module) -> None:
+        super().on_train_start(trainer, pl_module)
+        self.seconds_before = self._seconds_loaded
         self.saved_at = pl_module.train_steps  # a resumed run does not rewrite the checkpoint it started from
         if _in_main_thread():
             self._previous_sigint = signal.signal(signal.SIGINT, self._on_sigint)
@@ -111,14 +140,15 @@ class ResumePoints(pl.Callback):
         # Between step k and step k+1: the previous step, its teacher update and its counter are done.
         steps = pl_module.train_steps
         if self.every_n_steps > 0 and steps > self.saved_at and steps % self.every_n_steps == 0:
-            self.save(trainer, steps)
+            self.write_resume_point(trainer, steps)
 
     def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
         if isinstance(exception, SIGTERMException):  # raised after a whole step, on every rank
             self.signal_received = self.signal_received or signal.SIGTERM
-            self.save(trainer, pl_module.train_steps)
+            self.write_resume_point(trainer, pl_module.train_steps)
 
     def on_train_end(self, trainer, pl_module) -> None:
+        super().on_train_end(trainer, pl_module)
         self.restore_sigint()
 
     def restore_sigint(self) -> None:
@@ -126,13 +156,17 @@ class ResumePoints(pl.Callback):
             signal.signal(signal.SIGINT, self._previous_sigint)
             self._previous_sigint = None
 
-    def save(self, trainer, steps: int) -> None:
-        """Write to a temporary file, then rename: a run killed while writing keeps the previous checkpoint."""
-        partial = self.path.with_name(".last.ckpt.partial")
-        trainer.save_checkpoint(partial)
-        if trainer.is_global_zero:
-            os.replace(partial, self.path)
+    def write_resume_point(self, trainer, steps: int) -> None:
+        self._save_checkpoint(trainer, str(self.path))
         self.saved_at = steps
+
+    def _save_checkpoint(self, trainer, filepath: str) -> None:
+        """Write to a temporary file, then rename: a run killed while writing keeps the previous file."""
+        partial = Path(filepath).with_name(f".{Path(filepath).name}.partial")
+        super()._save_checkpoint(trainer, str(partial))
+        if trainer.is_global_zero:
+            os.replace(partial, filepath)
+        self._last_checkpoint_saved = filepath
 
 
 def _in_main_thread() -> bool:  # signal handlers can only be set there

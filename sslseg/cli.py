@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 
@@ -32,3 +33,8 @@ def compose_config(overrides: list[str], config_name: str = "train"):
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         return compose(config_name=config_name, overrides=quote_split_overrides(overrides))
+
+
+def is_launcher_rank() -> bool:
+    """True in the process the user started (DDP children are relaunched with LOCAL_RANK set)."""
+    return int(os.environ.get("LOCAL_RANK", 0)) == 0 and int(os.environ.get("NODE_RANK", 0)) == 0

@@ -90,7 +90,12 @@ def check_writable(folder: Path, option: str) -> None:
 
 class RunChecks(Callback):
     """Hydra callback (conf/train.yaml, conf/eval.yaml: hydra.callbacks) running the checks above before
-    Hydra creates the run or sweep directory. A UserError is printed as one line and exits with 2."""
+    Hydra creates the run or sweep directory, and with `resume`, the checkpoint a training run resumes
+    (sslseg.checkpoint.resume_checkpoint): a wrong file then leaves the run directory it names untouched
+    (Hydra would rewrite its .hydra/ configs). A UserError is printed as one line and exits with 2."""
+
+    def __init__(self, resume: bool = False):
+        self.resume = resume
 
     def on_run_start(self, config: DictConfig, **kwargs) -> None:
         self._check(config, "hydra.run.dir")
@@ -98,11 +103,15 @@ class RunChecks(Callback):
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
         self._check(config, "hydra.sweep.dir")
 
-    @staticmethod
-    def _check(config: DictConfig, dir_key: str) -> None:
+    def _check(self, config: DictConfig, dir_key: str) -> None:
         try:
             check_config(config)
-            check_writable(Path(str(OmegaConf.select(config, dir_key))), _output_option(config, dir_key))
+            output = Path(str(OmegaConf.select(config, dir_key)))
+            check_writable(output, _output_option(config, dir_key))
+            if self.resume and dir_key == "hydra.run.dir" and OmegaConf.select(config, "ckpt_path") is not None:
+                from sslseg.checkpoint import resume_checkpoint  # torch: only when resuming
+
+                resume_checkpoint(config, output.absolute())
         except UserError as exc:
             print(f"error: {exc}", file=sys.stderr, flush=True)
             raise SystemExit(2) from None  # Hydra reports an Exception with its traceback; SystemExit passes

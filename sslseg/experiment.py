@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import fcntl
+import importlib
+import importlib.util
 import logging
-import os
+import shlex
 import signal
 import sys
 import time
@@ -15,25 +17,33 @@ import lightning.pytorch as pl
 import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
-from hydra.utils import get_class
-from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
-from sslseg.checkpoint import ResumePoints, resume_checkpoint
+from sslseg.checkpoint import RunCheckpoints, resume_checkpoint
+from sslseg.cli import is_launcher_rank
 from sslseg.data.datamodule import SemiSegDataModule
 from sslseg.errors import UserError
-from sslseg.loggers import build_logger, log_config
+from sslseg.loggers import build_callbacks, build_loggers, log_config
 from sslseg.methods.base import SemiSegModule
 from sslseg.results import format_iou_table, write_results
 
 
 def method_class(cfg: DictConfig) -> type[SemiSegModule]:
+    """The method's LightningModule. A `_target_` naming no module or class is the user's typo (one line);
+    an import error inside an existing module is a bug in it and keeps its traceback."""
+    target = str(cfg.method._target_)
+    module_name, _, class_name = target.rpartition(".")
     try:
-        cls = get_class(cfg.method._target_)
-    except Exception as exc:
-        raise UserError(f"method.{cfg.method.name}: cannot import {cfg.method._target_}") from exc
+        found = importlib.util.find_spec(module_name) is not None
+    except ModuleNotFoundError:  # a parent package is missing
+        found = False
+    if not found:
+        raise UserError(f"method._target_={target}: no module {module_name}")
+    cls = getattr(importlib.import_module(module_name), class_name, None)
+    if not (isinstance(cls, type) and issubclass(cls, SemiSegModule)):
+        raise UserError(f"method._target_={target}: {module_name} has no SemiSegModule named {class_name}")
     return cls
 
 
@@ -61,11 +71,6 @@ def trainer_kwargs(cfg: DictConfig) -> dict:
         rank_zero_info("trainer.sync_batchnorm ignored on CPU (SyncBatchNorm needs GPUs)")
         kwargs["sync_batchnorm"] = False
     return kwargs
-
-
-def _is_launcher_rank() -> bool:
-    """True in the process the user started (DDP children are relaunched with LOCAL_RANK set)."""
-    return int(os.environ.get("LOCAL_RANK", 0)) == 0 and int(os.environ.get("NODE_RANK", 0)) == 0
 
 
 _RUN_DIR_LOCKS: list = []  # open lock files, held until the process exits
@@ -110,11 +115,11 @@ def quiet_duplicate_logs() -> None:
 def train(cfg: DictConfig) -> dict | None:
     """Fit (or run the method's stages), evaluate the best checkpoint, write results.json; returns the
     results (rank 0 writes them)."""
-    start = time.time()
+    started = time.monotonic()
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     check_launch(cfg)
     ckpt_path = resume_checkpoint(cfg, run_dir)
-    if _is_launcher_rank():  # DDP children share their launcher's directory
+    if is_launcher_rank():  # DDP children share their launcher's directory
         claim_run_dir(run_dir)
     quiet_duplicate_logs()
     pl.seed_everything(int(cfg.seed), workers=True, verbose=False)
@@ -124,47 +129,46 @@ def train(cfg: DictConfig) -> dict | None:
     if cfg.method.get("stages"):
         from sslseg.stages import run_stages
 
-        results = run_stages(cfg, cls, run_dir)
+        results = run_stages(cfg, cls, run_dir)  # its wall time sums the stages'
     else:
-        results = fit(cfg, cls, run_dir, ckpt_path=ckpt_path)
-    results["wall_seconds"] = round(time.time() - start, 1)
+        results = fit(cfg, cls, run_dir, ckpt_path=ckpt_path, started=started)
     _report(run_dir, results)
     return results
 
 
 def fit(cfg: DictConfig, cls: type[SemiSegModule], out_dir: Path, ckpt_path: str | None = None,
         streams: tuple[str, ...] | None = None, pseudo_list: Path | None = None,
-        handover: Path | None = None) -> dict:
+        handover: Path | None = None, started: float | None = None) -> dict:
     """One Lightning fit into `out_dir` (checkpoints/, logs), then the best checkpoint's validation.
     `ckpt_path` resumes this fit; `handover` starts it from another fit's checkpoint (weights and
-    optimizer momentum: an offline method's next round); `pseudo_list` feeds the pseudo stream."""
+    optimizer momentum: an offline method's next round); `pseudo_list` feeds the pseudo stream. The wall
+    time counts from `started` (time.monotonic()), plus that of the parts of an interrupted fit before it."""
+    started = time.monotonic() if started is None else started
     datamodule = build_datamodule(cfg, streams or cls.data_streams(cfg.method), split=cfg.split,
                                   pseudo_list=pseudo_list)
-    if _is_launcher_rank():  # fail on bad paths/splits before building anything expensive
+    if is_launcher_rank():  # fail on bad paths/splits before building anything expensive
         datamodule.prepare_data()
         datamodule.setup("fit")
     module = cls(cfg)
     if handover is not None:
         module.continue_from(handover)
 
-    logger = build_logger(cfg, out_dir)
-    ckpt_cfg = cfg.callbacks.checkpoint
-    # One best.ckpt and one last.ckpt: ResumePoints writes last.ckpt too, and a resumed run finds its own files
-    # (Lightning would otherwise version the names: last-v1.ckpt).
-    checkpoint = ModelCheckpoint(dirpath=out_dir / "checkpoints", filename="best", monitor=ckpt_cfg.monitor,
-                                 mode=ckpt_cfg.mode, save_last=ckpt_cfg.save_last, auto_insert_metric_name=False,
-                                 enable_version_counter=False)
-    resume_points = ResumePoints(out_dir / "checkpoints", ckpt_cfg.every_n_steps)
-    callbacks = [checkpoint, resume_points]
-    if logger is not None and cfg.callbacks.lr_monitor:
-        callbacks.append(LearningRateMonitor(logging_interval="step"))
-    trainer = pl.Trainer(**trainer_kwargs(cfg), logger=logger or False, callbacks=callbacks,
+    loggers = build_loggers(cfg, out_dir)
+    callbacks = build_callbacks(cfg, out_dir / "checkpoints", cfg.trainer, with_logger=bool(loggers))
+    checkpoint = next((c for c in callbacks if isinstance(c, RunCheckpoints)), None)
+    if checkpoint is None:
+        raise UserError("callbacks.checkpoint: sslseg needs an sslseg.checkpoint.RunCheckpoints callback "
+                        "(its best.ckpt is evaluated, resumed and loaded by eval.py)")
+    checkpoint.count_time_from(started)
+    trainer = pl.Trainer(**trainer_kwargs(cfg), logger=loggers or False, callbacks=callbacks,
                          default_root_dir=str(out_dir))
     global_batch = int(cfg.data.batch_size) * trainer.world_size
-    log_config(logger, cfg, {"global_batch_size": global_batch, "world_size": trainer.world_size,
-                             "run_dir": str(out_dir)})
+    log_config(loggers, cfg, {"global_batch_size": global_batch, "world_size": trainer.world_size,
+                              "run_dir": str(out_dir)})
     # A teacher is kept in eval mode by design (method.teacher.train_mode_epochs); Lightning warns about it.
     warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode at the start of training")
+    # Lightning's own use of a torch API that torch 2.10+ deprecates: nothing a user can act on.
+    warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
     try:
         trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
         steps = module.train_steps  # validate(ckpt_path=...) below restores the best checkpoint's count
@@ -179,11 +183,11 @@ def fit(cfg: DictConfig, cls: type[SemiSegModule], out_dir: Path, ckpt_path: str
             trainer.validate(module, datamodule=datamodule, ckpt_path=best_path, verbose=False)
             best = module.last_val
     except SIGTERMException:
-        signum = resume_points.signal_received or signal.SIGTERM
-        _say_how_to_resume(cfg, signal.Signals(signum).name, module.train_steps, resume_points.path)
+        signum = checkpoint.signal_received or signal.SIGTERM
+        _say_how_to_resume(cfg, signal.Signals(signum).name, module.train_steps, checkpoint.path)
         raise SystemExit(128 + signum) from None
     finally:
-        resume_points.restore_sigint()
+        checkpoint.restore_sigint()
         _finish_wandb()
 
     return {
@@ -198,6 +202,7 @@ def fit(cfg: DictConfig, cls: type[SemiSegModule], out_dir: Path, ckpt_path: str
         "epochs": int(trainer.current_epoch),
         "devices": trainer.world_size, "global_batch_size": global_batch,
         "precision": str(trainer.precision), "run_dir": str(out_dir),
+        "wall_seconds": round(checkpoint.wall_seconds(), 1),  # this fit's parts, if it was resumed
         "uses_image_tags": module.uses_image_tags,  # semi-and-weakly supervised (PCT): not comparable with SSS rows
     }
 
@@ -206,7 +211,7 @@ def fit(cfg: DictConfig, cls: type[SemiSegModule], out_dir: Path, ckpt_path: str
 def _say_how_to_resume(cfg: DictConfig, signal_name: str, steps: int, checkpoint: Path) -> None:
     hydra_cfg = HydraConfig.get()
     overrides = [o for o in hydra_cfg.overrides.task if not o.startswith(("ckpt_path=", "hydra.run.dir="))]
-    command = " ".join(["python train.py", *overrides, f"hydra.run.dir={hydra_cfg.runtime.output_dir}"])
+    command = shlex.join(["python", "train.py", *overrides, f"hydra.run.dir={hydra_cfg.runtime.output_dir}"])
     if not cfg.method.get("stages"):  # a staged run finds its stage's last.ckpt by itself
         command += " ckpt_path=last"
     print(f"\nstopped by {signal_name} after step {steps}, checkpoint {checkpoint}; resume with: {command}",

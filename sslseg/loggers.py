@@ -1,16 +1,122 @@
-"""Experiment loggers: W&B (default) or CSV."""
+"""Experiment loggers and callbacks, built from the `logger` and `callbacks` config groups.
+
+Every entry with a `_target_` is instantiated, so any Lightning logger or callback (TensorBoard, MLflow,
+EarlyStopping, RichProgressBar, one of your own) is a config file or a command-line override away. sslseg
+fills in what only the run knows: the folder of each fit (`save_dir` of a logger, `dirpath: null` of a
+checkpoint callback). The sslseg loggers below continue an interrupted run's logs when it resumes.
+"""
 
 from __future__ import annotations
 
+import csv
 import netrc
 import os
+import secrets
 from pathlib import Path
 
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from hydra.utils import instantiate
+from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ProgressBar, TQDMProgressBar
 from lightning.pytorch.loggers import CSVLogger, Logger, WandbLogger
+from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from sslseg.errors import UserError
+
+
+def build_loggers(cfg: DictConfig, save_dir: Path) -> list[Logger]:
+    """The `logger` group's loggers (`logger=[csv,tensorboard]` selects several; `logger=none` none)."""
+    loggers = []
+    for key, node in (cfg.get("logger") or {}).items():
+        if not isinstance(node, DictConfig) or "_target_" not in node:
+            raise UserError(f"logger.{key}: expected a config with a _target_ (see conf/logger/)")
+        loggers.append(instantiate(node, save_dir=str(save_dir)))
+    return loggers
+
+
+def build_callbacks(cfg: DictConfig, checkpoint_dir: Path, trainer_cfg: DictConfig, with_logger: bool) -> list:
+    """The `callbacks` group's callbacks. A monitor of the learning rate needs a logger, and a progress bar
+    needs `trainer.enable_progress_bar`: without them those are left out (Lightning would refuse to start)."""
+    callbacks = []
+    for key, node in (cfg.get("callbacks") or {}).items():
+        if not isinstance(node, DictConfig) or "_target_" not in node:
+            continue  # plain options of the group (callbacks.val_images)
+        kwargs = {"dirpath": str(checkpoint_dir)} if "dirpath" in node and node.dirpath is None else {}
+        callback = instantiate(node, **kwargs)
+        if not isinstance(callback, Callback):
+            raise UserError(f"callbacks.{key}: {node._target_} is not a Lightning callback")
+        if isinstance(callback, LearningRateMonitor) and not with_logger:
+            continue
+        if isinstance(callback, ProgressBar) and not trainer_cfg.get("enable_progress_bar", True):
+            continue
+        callbacks.append(callback)
+    return callbacks
+
+
+class LossProgressBar(TQDMProgressBar):
+    """Lightning's bar with the training loss. The loss is read from the device only when the bar refreshes
+    (every `refresh_rate` steps), not each step. The bars are closed when the run fails, so that the error
+    line starts on a fresh line instead of after the bar."""
+
+    def get_metrics(self, trainer, pl_module) -> dict:
+        items = super().get_metrics(trainer, pl_module)
+        items.pop("v_num", None)
+        loss = trainer.callback_metrics.get("train/loss")
+        if loss is not None:
+            items["loss"] = f"{float(loss):.3f}"
+        return items
+
+    def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
+        for bar in (self._train_progress_bar, self._val_progress_bar, self._test_progress_bar,
+                    self._predict_progress_bar):
+            if bar is not None and not getattr(bar, "disable", True):
+                bar.close()
+
+
+# -- CSV ------------------------------------------------------------------------------------------------
+class AppendingCSVLogger(CSVLogger):
+    """`<save_dir>/<name>/metrics.csv` (and hparams.yaml), continued by a resumed run. Lightning's writer
+    deletes an existing metrics.csv; this one keeps it, and drops the rows the interrupted part logged after
+    the checkpoint the run resumed from, since the resumed part logs those steps again."""
+
+    def __init__(self, save_dir: str, name: str = "csv", **kwargs):
+        super().__init__(save_dir=save_dir, name=name, version="", **kwargs)
+
+    @property
+    @rank_zero_only
+    def experiment(self) -> ExperimentWriter:
+        if self._experiment is None:
+            os.makedirs(self.root_dir, exist_ok=True)
+            self._experiment = _ContinuingWriter(log_dir=self.log_dir)
+        return self._experiment
+
+
+class _ContinuingWriter(ExperimentWriter):
+    def _check_log_dir_exists(self) -> None:
+        self._continues = os.path.isfile(self.metrics_file_path)
+        if self._continues:  # an earlier part's rows: keep them and their columns
+            with open(self.metrics_file_path, newline="") as file:
+                self.metrics_keys = list(csv.DictReader(file).fieldnames or [])
+
+    def save(self) -> None:
+        if self._continues and self.metrics:
+            # The resumed part's first row is the first step after its checkpoint that logs anything; every
+            # earlier row at that step or later came from the interrupted part and is logged again now.
+            first_step = min(int(row["step"]) for row in self.metrics)
+            with open(self.metrics_file_path, newline="") as file:
+                kept = [row for row in csv.DictReader(file) if int(float(row["step"])) < first_step]
+            with open(self.metrics_file_path, "w", newline="") as file:
+                writer = csv.DictWriter(file, fieldnames=self.metrics_keys)
+                writer.writeheader()
+                writer.writerows(kept)
+            self._continues = False
+        super().save()
+
+
+# -- Weights & Biases ------------------------------------------------------------------------------------
+RUN_ID_FILE = "wandb_run_id"
 
 
 def wandb_logged_in() -> bool:
@@ -23,29 +129,32 @@ def wandb_logged_in() -> bool:
         return False
 
 
-def build_logger(cfg: DictConfig, run_dir: Path) -> Logger | None:
-    name = cfg.logger.name
-    if name == "none":
-        return None
-    if name == "csv":
-        return CSVLogger(save_dir=str(run_dir), name="csv", version="")
-    if name != "wandb":
-        raise UserError(f"logger={name}: expected wandb, csv or none")
-    mode = os.environ.get("WANDB_MODE") or cfg.logger.mode
+def wandb_logger(save_dir: str, project: str = "sslseg", entity: str | None = None, group: str | None = None,
+                 mode: str = "auto", tags: list | None = None, **kwargs) -> WandbLogger:
+    """A W&B run for one fit. `mode: auto` is online when logged in, else offline into the run folder.
+    The run's id is kept in `<save_dir>/wandb_run_id`, so a resumed fit continues the same W&B run. `group`
+    null: the sweep's folder name in a Hydra multirun (one W&B run per job, grouped by sweep), else the
+    run's tags joined (method_dataset_split)."""
+    mode = os.environ.get("WANDB_MODE") or mode
     if mode == "auto":
         mode = "online" if wandb_logged_in() else "offline"
     os.environ["WANDB_SILENT"] = "true"  # keep the run's console output to our own lines
-    if mode == "offline":
-        if rank_zero_only.rank == 0:
-            print(f"W&B offline (not logged in): sync later with `wandb sync {run_dir}/wandb/offline-run-*`")
-    logger = WandbLogger(
-        project=cfg.logger.project, entity=cfg.logger.get("entity"), group=cfg.logger.get("group"),
-        name=run_dir.name, save_dir=str(run_dir), mode=mode,
-        tags=[cfg.method.name, cfg.dataset.name, str(cfg.split)],
-    )
-    return logger
+    tags = [str(t) for t in tags or []]
+    if group is None:
+        multirun = HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+        group = Path(HydraConfig.get().sweep.dir).name if multirun else "_".join(tags) or None
+    id_file = Path(save_dir) / RUN_ID_FILE
+    run_id = id_file.read_text().strip() if id_file.is_file() else secrets.token_hex(6)  # not the seeded RNGs
+    if rank_zero_only.rank == 0:
+        id_file.parent.mkdir(parents=True, exist_ok=True)
+        id_file.write_text(run_id + "\n")
+        if mode == "offline":
+            print(f"W&B offline (not logged in): sync later with `wandb sync {save_dir}/wandb/offline-run-*`")
+    return WandbLogger(project=project, entity=entity, group=group, name=Path(save_dir).name, save_dir=save_dir,
+                       mode=mode, tags=tags, id=run_id, resume="allow", **kwargs)
 
 
-def log_config(logger: Logger | None, cfg: DictConfig, extra: dict) -> None:
-    if logger is not None:
-        logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True) | extra)
+def log_config(loggers: list[Logger], cfg: DictConfig, extra: dict) -> None:
+    hyperparameters = OmegaConf.to_container(cfg, resolve=True) | extra
+    for logger in loggers:
+        logger.log_hyperparams(hyperparameters)

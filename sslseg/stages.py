@@ -22,6 +22,7 @@ run's results.json reports the last train stage and lists every stage's.
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import lightning.pytorch as pl
@@ -119,7 +120,7 @@ def run_stages(cfg: DictConfig, cls, run_dir: Path) -> dict:
                               pseudo_list=pseudo_list, handover=handover) | {"stage": name}
                 _write(done, results)
             summary[name] = {"best_val_mIoU": results["best_val_mIoU"], "final_val_mIoU": results["final_val_mIoU"],
-                             "steps": results["steps"]}
+                             "steps": results["steps"], "wall_seconds": results.get("wall_seconds", 0.0)}
             epochs_before = int(stage.get("epochs") or 0) + (0 if stage.get("fresh") else epochs_before)
             last_train = stage_dir
         else:
@@ -131,8 +132,10 @@ def run_stages(cfg: DictConfig, cls, run_dir: Path) -> dict:
             else:
                 _say(f"stage {name}: generating pseudo-labels")
                 generate(cfg, cls, stage_dir, last_train / "checkpoints" / "last.ckpt", stage)
-            summary[name] = json.loads((stage_dir / "stats.json").read_text())["summary"]
-    return results | {"run_dir": str(run_dir), "stages": summary}
+            stats = json.loads((stage_dir / "stats.json").read_text())
+            summary[name] = stats["summary"] | {"wall_seconds": stats.get("wall_seconds", 0.0)}
+    wall_seconds = round(sum(stage.get("wall_seconds", 0.0) for stage in summary.values()), 1)
+    return results | {"run_dir": str(run_dir), "stages": summary, "wall_seconds": wall_seconds}
 
 
 def generate(cfg: DictConfig, cls, out_dir: Path, weights: Path, stage: DictConfig) -> None:
@@ -140,6 +143,7 @@ def generate(cfg: DictConfig, cls, out_dir: Path, weights: Path, stage: DictConf
     by the network of `weights` (rebuilt from that checkpoint's own config), with the stage's rule."""
     from sslseg.experiment import trainer_kwargs
 
+    started = time.monotonic()
     root = Path(cfg.paths.data_root)
     files = split_files(Path(cfg.dataset.splits_dir), str(cfg.split))
     samples = read_split_file(files.unlabeled, need_masks=False)
@@ -191,6 +195,7 @@ def generate(cfg: DictConfig, cls, out_dir: Path, weights: Path, stage: DictConf
             "sampling_ratios": ratios.tolist(), "kept_pixels": kept.tolist(),
             "summary": {"labeled_share": round(int(kept.sum()) / max(total, 1), 4),
                         "kept_class_share": [round(int(k) / max(int(kept.sum()), 1), 4) for k in kept]},
+            "wall_seconds": round(time.monotonic() - started, 1),
         }
         (out_dir / "stats.json").write_text(json.dumps(stats, indent=2) + "\n")
         write_list(out_dir, listed)

@@ -55,14 +55,15 @@ def mini_split(data_dir: Path, out: Path, unlabeled: int = 64) -> Path:
     return out
 
 
-def kill_train_when(path: Path, *args: str, timeout: int = 600, sig: int | None = None) -> tuple[int, str]:
+def kill_train_when(path: Path, *args: str, timeout: int = 600, sig: int | None = None,
+                    env: dict | None = None) -> tuple[int, str]:
     """Start `train.py args`, send it `sig` (SIGKILL by default) as soon as `path` exists (or it ends, or
     time runs out); its exit code and output once it has ended."""
     import signal
     import time
 
-    env = os.environ | {"PYTHONUNBUFFERED": "1"}
-    run = subprocess.Popen([sys.executable, str(ROOT / "train.py"), *args], cwd=ROOT, env=env,
+    full_env = os.environ | {"PYTHONUNBUFFERED": "1"} | (env or {})
+    run = subprocess.Popen([sys.executable, str(ROOT / "train.py"), *args], cwd=ROOT, env=full_env,
                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     deadline = time.time() + timeout
     while not path.is_file() and run.poll() is None and time.time() < deadline:

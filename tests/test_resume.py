@@ -1,6 +1,9 @@
 """A run stopped mid-epoch and resumed ends exactly where the uninterrupted run ends: same weights, same
-val mIoU, bit for bit on CPU (checkpoints every few steps, the data position, the random states)."""
+val mIoU, bit for bit on CPU (checkpoints every few steps, the data position, the random states), and the
+same logs: the CSV continued with the rows the uninterrupted run wrote, the same W&B run, the wall time of
+both parts."""
 
+import csv
 import json
 import shlex
 import signal
@@ -65,6 +68,19 @@ def _assert_same_end(resumed: Path, uninterrupted: Path) -> None:
     assert not different, different[:5]
     for key in ("best_val_mIoU", "final_val_mIoU", "steps"):
         assert results[key] == reference[key], key
+    # The CSV log holds the uninterrupted run's rows: the earlier part's up to its checkpoint, then the
+    # resumed part's (not a file restarted by the resume, nor the killed part's rows logged twice).
+    assert _csv_rows(resumed) == _csv_rows(uninterrupted)
+
+
+def _csv_rows(run_dir: Path) -> list[dict]:
+    with open(run_dir / "csv" / "metrics.csv", newline="") as file:
+        return list(csv.DictReader(file))
+
+
+def _wall_seconds(checkpoint: dict) -> float:
+    (state,) = [s for key, s in checkpoint["callbacks"].items() if key.startswith("RunCheckpoints")]
+    return state["wall_seconds"]
 
 
 @pytest.mark.parametrize("method", ["supervised", "daw", "dssn", "ddfp"])
@@ -79,6 +95,8 @@ def test_killed_mid_epoch_and_resumed_ends_bit_identical(args, uninterrupted, tm
     resumed = run_cli("train.py", *args(method, run_dir), "ckpt_path=last")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     _assert_same_end(run_dir, uninterrupted(method))
+    # The wall time counts the first part, up to its checkpoint, and the resumed part.
+    assert json.loads((run_dir / "results.json").read_text())["wall_seconds"] > _wall_seconds(saved) > 0
 
 
 @pytest.mark.parametrize(("method", "sig", "code"), [("daw", signal.SIGTERM, 143), ("supervised", signal.SIGINT, 130)])
@@ -86,7 +104,8 @@ def test_a_signal_saves_a_checkpoint_and_the_printed_command_resumes_bit_identic
                                                                                    method, sig, code):
     run_dir = tmp_path / "stopped"
     last = run_dir / "checkpoints" / "last.ckpt"
-    returncode, output = kill_train_when(last, *args(method, run_dir), sig=sig)
+    wandb = {"WANDB_MODE": "offline"}  # both parts log to W&B too (offline: into the run directory)
+    returncode, output = kill_train_when(last, *args(method, run_dir), "logger=[csv,wandb]", sig=sig, env=wandb)
     assert returncode == code, output[-3000:]
     saved = torch.load(last, map_location="cpu", weights_only=False)
     (line,) = [x for x in output.splitlines() if x.startswith("stopped by")]
@@ -96,9 +115,15 @@ def test_a_signal_saves_a_checkpoint_and_the_printed_command_resumes_bit_identic
 
     command = shlex.split(line.split("resume with: ")[1])  # the printed command is the one that resumes
     assert command[:2] == ["python", "train.py"] and command[-1] == "ckpt_path=last"
-    resumed = run_cli("train.py", *command[2:])
+    resumed = run_cli("train.py", *command[2:], env=wandb)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     _assert_same_end(run_dir, uninterrupted(method))
+    # One W&B run in two parts: each part's offline folder ends with the same run id.
+    parts = sorted((run_dir / "wandb").glob("offline-run-*"))
+    assert len(parts) == 2 and len({p.name.rsplit("-", 1)[1] for p in parts}) == 1, parts
+    # train.log holds both parts' console: the stop message, then the resumed run's last line.
+    log = (run_dir / "train.log").read_text()
+    assert line in log and log.rstrip().endswith(resumed.stdout.strip().splitlines()[-1])
 
 
 def test_resumed_at_an_epoch_end_with_persistent_workers_ends_bit_identical(args, tmp_path):

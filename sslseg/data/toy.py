@@ -150,8 +150,13 @@ def ensure_toy_dataset(root: str | Path, seed: int = 0) -> Path:
         raise UserError(f"{root} exists but holds no toy dataset; point paths.data_root elsewhere")
     tmp = root.with_name(f".{root.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
-    for sub in ("JPEGImages", "SegmentationClass", "ImageSets/Segmentation"):
-        (tmp / sub).mkdir(parents=True)
+    try:
+        for sub in ("JPEGImages", "SegmentationClass", "ImageSets/Segmentation"):
+            (tmp / sub).mkdir(parents=True)
+    except OSError as exc:
+        from sslseg.errors import UserError
+
+        raise UserError(f"cannot write the toy dataset to {root} (paths.data_root): {exc.strerror}") from None
 
     def write(name: str, index: int) -> Sample:
         image, label = render(index, seed)

@@ -288,8 +288,9 @@ class SemiSegModule(pl.LightningModule):
 
     # -- W&B media: per-class table and prediction overlays of a fixed set of val images -------------
     def _wandb(self) -> WandbLogger | None:
-        logger = self.logger
-        return logger if isinstance(logger, WandbLogger) and self.trainer.is_global_zero else None
+        if not self.trainer.is_global_zero:
+            return None
+        return next((logger for logger in self.loggers if isinstance(logger, WandbLogger)), None)
 
     def _keep_examples(self, batch: dict, preds: dict[str, torch.Tensor]) -> None:
         """Keep the first val images with every network's prediction; the reported one is logged."""
