@@ -1,5 +1,17 @@
 # sslseg developer commands. `make help` lists them.
-PYTHON ?= python
+#
+# Python: the active virtual (or conda) environment if there is one. Otherwise `.venv`, made here on first
+# use with python3; it sees the system's site-packages, so a torch already installed there is reused
+# instead of downloaded again. Every install is constrained to the tested versions in constraints.txt.
+ifneq ($(VIRTUAL_ENV),)
+ENV_DIR := $(VIRTUAL_ENV)
+else ifneq ($(CONDA_PREFIX),)
+ENV_DIR := $(CONDA_PREFIX)
+else
+ENV_DIR := .venv
+endif
+PYTHON := $(ENV_DIR)/bin/python
+INSTALLED := $(ENV_DIR)/.sslseg-installed
 export HYDRA_FULL_ERROR = 1
 export NO_ALBUMENTATIONS_UPDATE = 1
 
@@ -8,27 +20,35 @@ export NO_ALBUMENTATIONS_UPDATE = 1
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/\t/'
 
-install:  ## install sslseg (editable) with its dev tools into the current Python
-	$(PYTHON) -m pip install -e ".[dev]"
+$(PYTHON):
+	python3 -m venv --system-site-packages $(ENV_DIR)
 
-test:  ## the whole test suite (what CI runs)
+$(INSTALLED): pyproject.toml constraints.txt | $(PYTHON)
+	$(PYTHON) -m pip install -e ".[dev]" -c constraints.txt
+	@touch $@
+
+install: | $(PYTHON)  ## install sslseg (editable) with its dev tools, at the tested versions
+	$(PYTHON) -m pip install -e ".[dev]" -c constraints.txt
+	@touch $(INSTALLED)
+
+test: $(INSTALLED)  ## the whole test suite (what CI runs); installs first when needed
 	$(PYTHON) -m pytest
 
-test-fast:  ## unit tests only, no end-to-end training runs
+test-fast: $(INSTALLED)  ## unit tests only, no end-to-end training runs
 	$(PYTHON) -m pytest -m "not slow"
 
-lint:  ## ruff
+lint: $(INSTALLED)  ## ruff
 	$(PYTHON) -m ruff check sslseg tests train.py eval.py
 
-format:  ## ruff autofix + format
+format: $(INSTALLED)  ## ruff autofix + format
 	$(PYTHON) -m ruff check --fix sslseg tests train.py eval.py
 	$(PYTHON) -m ruff format sslseg tests train.py eval.py
 
-train:  ## the default job: DeepLabV3+ on the procedural toy set, CPU-sized
+train: $(INSTALLED)  ## the default job: DAW on the procedural toy set, CPU-sized; installs first when needed
 	$(PYTHON) train.py
 
-bench:  ## training-step / data / inference benchmark (see README)
+bench: $(INSTALLED)  ## training-step / data / inference benchmark (see README)
 	$(PYTHON) -m sslseg.bench
 
-clean:  ## caches (keeps data/ and outputs/)
+clean:  ## caches (keeps data/, outputs/ and .venv/)
 	rm -rf .pytest_cache .ruff_cache **/__pycache__
