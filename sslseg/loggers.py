@@ -15,6 +15,7 @@ import secrets
 from pathlib import Path
 
 from hydra.core.hydra_config import HydraConfig
+from hydra.errors import InstantiationException
 from hydra.types import RunMode
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ProgressBar, TQDMProgressBar
@@ -32,8 +33,18 @@ def build_loggers(cfg: DictConfig, save_dir: Path) -> list[Logger]:
     for key, node in (cfg.get("logger") or {}).items():
         if not isinstance(node, DictConfig) or "_target_" not in node:
             raise UserError(f"logger.{key}: expected a config with a _target_ (see conf/logger/)")
-        loggers.append(instantiate(node, save_dir=str(save_dir)))
+        loggers.append(_instantiate(node, f"logger.{key}", save_dir=str(save_dir)))
     return loggers
+
+
+def _instantiate(node: DictConfig, where: str, **kwargs):
+    """A missing optional package (tensorboard, rich, mlflow) is the user's to install: one line."""
+    try:
+        return instantiate(node, **kwargs)
+    except InstantiationException as exc:
+        if isinstance(exc.__cause__, ModuleNotFoundError):
+            raise UserError(f"{where} ({node._target_}): {str(exc.__cause__).splitlines()[0]}") from None
+        raise
 
 
 def build_callbacks(cfg: DictConfig, checkpoint_dir: Path, trainer_cfg: DictConfig, with_logger: bool) -> list:
@@ -44,7 +55,7 @@ def build_callbacks(cfg: DictConfig, checkpoint_dir: Path, trainer_cfg: DictConf
         if not isinstance(node, DictConfig) or "_target_" not in node:
             continue  # plain options of the group (callbacks.val_images)
         kwargs = {"dirpath": str(checkpoint_dir)} if "dirpath" in node and node.dirpath is None else {}
-        callback = instantiate(node, **kwargs)
+        callback = _instantiate(node, f"callbacks.{key}", **kwargs)
         if not isinstance(callback, Callback):
             raise UserError(f"callbacks.{key}: {node._target_} is not a Lightning callback")
         if isinstance(callback, LearningRateMonitor) and not with_logger:
