@@ -26,7 +26,7 @@ from sslseg.data.datamodule import SemiSegDataModule
 from sslseg.errors import UserError
 from sslseg.loggers import build_logger, log_config
 from sslseg.methods.base import SemiSegModule
-from sslseg.results import format_iou_table, write_results
+from sslseg.results import format_iou_table, provenance, write_results
 
 
 def method_class(cfg: DictConfig) -> type[SemiSegModule]:
@@ -128,6 +128,7 @@ def train(cfg: DictConfig) -> dict | None:
     else:
         results = fit(cfg, cls, run_dir, ckpt_path=ckpt_path)
     results["wall_seconds"] = round(time.time() - start, 1)
+    results |= provenance(list(HydraConfig.get().overrides.task))
     _report(run_dir, results)
     return results
 

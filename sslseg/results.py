@@ -1,11 +1,19 @@
-"""results.json (written atomically) and the console per-class table."""
+"""results.json (written atomically, with the run's provenance) and the console per-class table."""
 
 from __future__ import annotations
 
 import json
 import math
 import os
+import platform
+import subprocess
+from importlib import metadata
 from pathlib import Path
+
+CODE_DIR = Path(__file__).resolve().parent.parent  # the repository root when sslseg runs from a checkout
+VERSIONED = ("python", "sslseg", "torch", "torchvision", "lightning", "hydra-core", "omegaconf", "torchmetrics",
+             "albumentations", "wandb", "numpy")
+GIT_TIMEOUT_S = 5  # a hung git (network file system, lock) must not hold up the end of a training run
 
 
 def write_results(path: Path, results: dict) -> None:
@@ -22,6 +30,49 @@ def format_iou_table(per_class: dict[str, float], miou: float) -> str:
         lines.append(f"{name:<{width}}  {'   n/a' if math.isnan(value) else f'{value:6.2f}'}")
     lines += ["-" * (width + 9), f"{'mIoU':<{width}}  {miou:6.2f}"]
     return "\n".join(lines)
+
+
+# --- provenance: what a results.json alone could not say about how it was made ---------------------------------
+
+def provenance(overrides: list[str], code_dir: Path = CODE_DIR) -> dict:
+    """The run's command-line overrides (the rest of its config is the code's at `commit`), library versions, and the
+    code's git commit with whether the checkout had changes the commit does not hold (`dirty`). Never raises: what
+    cannot be found (no git, not a checkout, a package not installed) is None."""
+    commit, dirty = _git_state(Path(code_dir))
+    return {"overrides": [str(o) for o in overrides], "versions": {name: _version(name) for name in VERSIONED},
+            "commit": commit, "dirty": dirty}
+
+
+def _version(name: str) -> str | None:
+    if name == "python":
+        return platform.python_version()
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def _git(code_dir: Path, *args: str) -> str | None:
+    """stdout of a git command in `code_dir`, or None when git is missing, fails or times out. --no-optional-locks:
+    `status` must not take the index lock from a git command the user runs meanwhile."""
+    try:
+        done = subprocess.run(["git", "--no-optional-locks", "-C", str(code_dir), *args], capture_output=True,
+                              text=True, timeout=GIT_TIMEOUT_S, stdin=subprocess.DEVNULL)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return done.stdout if done.returncode == 0 else None
+
+
+def _git_state(code_dir: Path) -> tuple[str | None, bool | None]:
+    """(commit, dirty) of the checkout whose root is `code_dir`; (None, None) when it is not one, also when the
+    package is installed inside some other repository's tree (that repository's commit would say nothing). Untracked
+    files that git does not ignore count as dirty: a new module or config file changes what runs."""
+    out = _git(code_dir, "rev-parse", "--show-toplevel", "HEAD")
+    lines = out.splitlines() if out else []
+    if len(lines) != 2 or Path(lines[0]).resolve() != code_dir.resolve():
+        return None, None
+    status = _git(code_dir, "status", "--porcelain")
+    return lines[1], None if status is None else bool(status.strip())
 
 
 def collect(root: Path) -> list[dict]:

@@ -1,6 +1,10 @@
 import json
+import subprocess
+from pathlib import Path
 
-from sslseg.results import collect, main, summary_table
+from sslseg.results import CODE_DIR, VERSIONED, collect, main, provenance, summary_table
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def _run(root, method, seed, miou, split="16", wall=120.0):
@@ -54,3 +58,40 @@ def test_staged_runs_count_once_and_tagged_methods_are_marked(tmp_path):
     assert sorted(r["best_val_mIoU"] for r in runs) == [60.0, 70.0]
     lines = summary_table(runs).splitlines()
     assert lines[3] == "| toy | 16 | pct (image tags) | 70.00 | 70.00 | +10.00 | 5.0 min |"
+
+
+def _git(cwd, *args):
+    return subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=cwd, check=True,
+                          capture_output=True, text=True).stdout.strip()
+
+
+def test_provenance_of_this_code():
+    found = provenance(["optim.lr=0.01", "seed=1"])
+    assert found["overrides"] == ["optim.lr=0.01", "seed=1"]
+    assert list(found["versions"]) == list(VERSIONED)
+    assert found["versions"]["python"].count(".") == 2 and found["versions"]["torch"] is not None
+    assert CODE_DIR == ROOT
+    if (ROOT / ".git").exists():
+        assert found["commit"] == _git(ROOT, "rev-parse", "HEAD")
+        assert found["dirty"] == bool(_git(ROOT, "status", "--porcelain"))
+    else:
+        assert found["commit"] is None and found["dirty"] is None
+    json.dumps(found)  # goes into results.json as it is
+
+
+def test_provenance_commit_and_dirty_from_git(tmp_path, monkeypatch):
+    repo = tmp_path / "repo"
+    (repo / "sub").mkdir(parents=True)
+    _git(repo, "init", "-q")
+    (repo / "a.py").write_text("x = 1\n")
+    _git(repo, "add", "a.py")
+    _git(repo, "commit", "-q", "-m", "first")
+    head = _git(repo, "rev-parse", "HEAD")
+    assert provenance([], repo)["commit"] == head and provenance([], repo)["dirty"] is False
+    (repo / "a.py").write_text("x = 2\n")
+    assert provenance([], repo)["dirty"] is True
+    # A package inside another repository's tree is not that repository's checkout; nor is a plain folder.
+    assert (provenance([], repo / "sub")["commit"], provenance([], repo / "sub")["dirty"]) == (None, None)
+    assert provenance([], tmp_path)["commit"] is None
+    monkeypatch.setenv("PATH", str(tmp_path / "nothing"))  # no git at all: None, no crash
+    assert (provenance([], repo)["commit"], provenance([], repo)["dirty"]) == (None, None)
