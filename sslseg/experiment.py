@@ -27,7 +27,7 @@ from sslseg.data.datamodule import SemiSegDataModule
 from sslseg.errors import UserError
 from sslseg.loggers import build_callbacks, build_loggers, log_config
 from sslseg.methods.base import SemiSegModule
-from sslseg.results import format_iou_table, write_results
+from sslseg.results import format_iou_table, provenance, write_results
 
 
 def method_class(cfg: DictConfig) -> type[SemiSegModule]:
@@ -132,6 +132,7 @@ def train(cfg: DictConfig) -> dict | None:
         results = run_stages(cfg, cls, run_dir)  # its wall time sums the stages'
     else:
         results = fit(cfg, cls, run_dir, ckpt_path=ckpt_path, started=started)
+    results |= provenance(list(HydraConfig.get().overrides.task))
     _report(run_dir, results)
     return results
 
