@@ -157,6 +157,9 @@ def evaluate(cfg: DictConfig) -> dict:
     }
     write_results(run_dir / "results.json", results)
     print(format_iou_table(val["per_class_IoU"], val["mIoU"]))
+    several = len(module.evaluated_networks()) > 1
+    how = "recorded in the checkpoint" if recorded else ("the better here" if several else "the method's only one")
+    print(f"network: {NETWORK_NAMES.get(val['network'], val['network'])} ({how})")
     print(f"results: {run_dir / 'results.json'}")
     print(f"val mIoU: {val['mIoU']:.2f}", flush=True)
     return results

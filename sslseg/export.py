@@ -18,6 +18,7 @@ Beside the file, `<file>.json` records the classes, the normalisation, the netwo
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import warnings
@@ -66,7 +67,7 @@ def export(segmenter: Segmenter, fmt: str, path: str | Path, size=None) -> dict:
         raise UserError(f"export must be one of {list(SUFFIXES)}, got {fmt!r}")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    model = LogitsOnly(segmenter.network).eval().cpu()
+    model = LogitsOnly(copy.deepcopy(segmenter.network)).eval().cpu()  # the segmenter keeps its device
     h, w = example_size(segmenter, size)
     example = torch.randn(1, 3, h, w)
     dynamic = _onnx(model, example, path) if fmt == "onnx" else _torchscript(model, example, path)
@@ -75,7 +76,7 @@ def export(segmenter: Segmenter, fmt: str, path: str | Path, size=None) -> dict:
         "network": segmenter.network_name, "network_selected_by_validation": segmenter.selected,
         "classes": segmenter.class_names,
         "input": "float32 (batch, 3, height, width), RGB, (x - mean) / std with x in 0..255",
-        "mean": [255 * m for m in IMAGENET_MEAN], "std": [255 * s for s in IMAGENET_STD],
+        "mean": [round(255 * m, 4) for m in IMAGENET_MEAN], "std": [round(255 * s, 4) for s in IMAGENET_STD],
         "output": "float32 logits (batch, classes, height, width)", "example_size": [h, w],
         "dynamic_axes": dynamic, "fixed_axes": [a for a in AXES if a not in dynamic],
         "eval_protocol": segmenter.protocol,

@@ -22,6 +22,7 @@ from sslseg.export import export
 from sslseg.inference import predict
 from sslseg.methods.base import SemiSegModule
 from sslseg.methods.daw import DAW
+from sslseg.methods.teacher import Teacher
 from sslseg.palette import CITYSCAPES_PALETTE, VOC_PALETTE, palette_for
 from tests.conftest import compose_cfg, last_line, run_cli
 
@@ -106,6 +107,29 @@ def test_masks_are_the_recorded_teachers_whole_image_argmax(ckpt):
     mask = segmenter(image)
     assert mask.shape == (96, 80) and mask.dtype == np.uint8
     np.testing.assert_array_equal(mask, expected.numpy())
+
+
+@pytest.mark.parametrize("overrides", [["method=supervised"], ["method=fixmatch"], ["method=unimatch"],
+                                       ["method=dssn"], ["method=ddfp"], ["method=dars"],
+                                       ["method=pct", "method.phase=cross"], ["method=pct", "method.phase=retrain"]])
+def test_every_methods_checkpoint_loads_and_predicts_with_its_selected_network(tmp_path, overrides):
+    """DARS's rounds and PCT's stages are checkpoints of these configs (PCT's phase set per stage)."""
+    cfg = compose_cfg(overrides)
+    torch.manual_seed(0)
+    module = method_class(cfg)(cfg)
+    selected = module.evaluated_networks()[-1]  # the teacher, PseudoNet, or the one network
+    net = module.network(selected)
+    net = net.network if isinstance(net, Teacher) else net
+    with torch.no_grad():
+        _calibrate(net, torch.cat([_by_hand(_image(64, 64, seed)) for seed in range(10, 14)]))
+    module.best_network, module.network_scores = selected, {selected: 1.0}
+    segmenter = sslseg.Segmenter.from_checkpoint(_save(module, tmp_path / "best.ckpt"))
+    assert type(segmenter.module) is type(module) and segmenter.network_name == selected
+    image = _image(64, 48)
+    with torch.no_grad():
+        expected = net(_by_hand(image)).logits.argmax(1)[0].numpy()
+    assert len(np.unique(expected)) > 1
+    np.testing.assert_array_equal(segmenter(image), expected)
 
 
 def test_every_input_kind_gives_the_same_masks(ckpt):
