@@ -21,6 +21,7 @@ import numpy as np
 from PIL import Image
 
 from sslseg.data.splits import Sample, write_split_file
+from sslseg.palette import VOC_PALETTE
 
 CLASS_NAMES = ["background", "disk", "square", "triangle", "ring", "cross"]
 IMAGE_SIZE = 96
@@ -35,22 +36,7 @@ VERSION = (f"toy-v5 hue={HUE_NOISE} tex={TEXTURE_MATCH} size={IMAGE_SIZE} train=
            f"splits={LABELED_SPLITS}")
 
 
-def _palette() -> list[int]:
-    """VOC's colour map (bit-interleaved), so masks look like VOC's in image viewers."""
-    pal = []
-    for i in range(256):
-        r = g = b = 0
-        c = i
-        for j in range(8):
-            r |= ((c >> 0) & 1) << (7 - j)
-            g |= ((c >> 1) & 1) << (7 - j)
-            b |= ((c >> 2) & 1) << (7 - j)
-            c >>= 3
-        pal += [r, g, b]
-    return pal
-
-
-PALETTE = _palette()
+PALETTE = VOC_PALETTE  # masks look like VOC's in image viewers
 
 
 def _shape_mask(cls: int, u: np.ndarray, v: np.ndarray, r: float) -> np.ndarray:

@@ -6,7 +6,10 @@ ImageNet-normalised float tensors on the device (channels_last when enabled).
 
 Networks: `model` (the student) and, when the method config has a `teacher` section, `teacher` (an
 averaged copy, `teacher.py`), updated here after every training step. `method.evaluate` picks which
-of them are validated (student | teacher | both; with both, val/mIoU is the better one).
+of them are validated (student | teacher | both; with both, val/mIoU is the better one). The network a
+validation selected is recorded in every checkpoint (`best_network`, with each network's mIoU in
+`network_scores`), so that prediction (sslseg.Segmenter), export and eval.py use the network the run
+reported instead of choosing again on other data.
 """
 
 from __future__ import annotations
@@ -72,7 +75,9 @@ class SemiSegModule(pl.LightningModule):
         self.channels_last = False  # decided once the device is known (_apply_perf)
         self._compiled = False
         self.last_val: dict | None = None
-        self.best_network = self.evaluated_networks()[0]
+        self.best_network = self.evaluated_networks()[0]  # the first until a validation selects one
+        self.network_scores: dict[str, float] | None = None  # each network's mIoU at that validation
+        self.fixed_network: str | None = None  # validate only this one (eval.py with a recorded selection)
         self._val_examples: list[tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]] = []
         self._handover_optimizers: list[dict] | None = None
 
@@ -169,15 +174,46 @@ class SemiSegModule(pl.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["train_steps"] = self.train_steps
-        checkpoint["best_network"] = self.best_network  # the network the last validation reported
+        # The network the last validation reported, and every evaluated network's mIoU there (None before the
+        # first validation: best_network is then only the default). ModelCheckpoint saves best.ckpt after
+        # on_validation_epoch_end, so best.ckpt records the selection that made it the best.
+        checkpoint["best_network"] = self.best_network
+        checkpoint["network_scores"] = self.network_scores
         checkpoint["random_states"] = random_states()  # saved between two steps: those of the next step
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self.train_steps = int(checkpoint.get("train_steps", 0))
         # Restored at the next step, after Lightning's set-up (sanity validation, new iterators) has drawn.
         self._random_states_to_restore = checkpoint.get("random_states")
-        if checkpoint.get("best_network") in self.networks():
-            self.best_network = checkpoint["best_network"]
+        self.restore_selection(checkpoint)
+
+    def restore_selection(self, checkpoint: dict) -> bool:
+        """Take the checkpoint's recorded network as the inference network; True when a validation selected
+        it. Checkpoints written before `network_scores` existed recorded only the last validation's choice."""
+        recorded = checkpoint.get("best_network")
+        if recorded not in self.evaluated_networks():
+            return False
+        self.best_network = recorded
+        self.network_scores = checkpoint.get("network_scores")
+        return self.network_scores is not None or "network_scores" not in checkpoint
+
+    @classmethod
+    def load_from_checkpoint(cls, checkpoint_path, map_location=None, hparams_file=None, strict=None, **kwargs):
+        """Lightning's loader, on the class of the checkpoint's method (`SemiSegModule.load_from_checkpoint` of
+        a DAW checkpoint returns a DAW module: the base class lacks DAW's state) and without reading the
+        pretrained backbone file (the checkpoint holds every weight). For prediction, `sslseg.Segmenter` is
+        simpler: it also applies the evaluation protocol and the recorded network."""
+        from sslseg.checkpoint import read_checkpoint
+        from sslseg.experiment import method_class
+
+        _, cfg = read_checkpoint(checkpoint_path)
+        target = method_class(cfg)
+        if not issubclass(target, cls):
+            raise UserError(f"{checkpoint_path} is a {cfg.method.name} checkpoint ({target.__name__}), "
+                            f"not a {cls.__name__}")
+        kwargs.setdefault("load_pretrained", False)
+        load = super(SemiSegModule, target).load_from_checkpoint
+        return load(checkpoint_path, map_location=map_location, hparams_file=hparams_file, strict=strict, **kwargs)
 
     def step_uncounted(self, optimizer: torch.optim.Optimizer, clip_norm: float | None = None) -> None:
         """Step a second optimizer (manual optimisation) without Lightning's wrapper, so that global_step,
@@ -246,12 +282,16 @@ class SemiSegModule(pl.LightningModule):
         """Class scores for uint8 images from the inference network."""
         return self._scores(self.inference_model(), self.normalize(images))
 
+    def validated_networks(self) -> tuple[str, ...]:
+        """The networks this validation scores: the evaluated ones, or only `fixed_network` when set."""
+        return (self.fixed_network,) if self.fixed_network else tuple(self.val_confusion)
+
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         x = self.normalize(batch["image"])  # once, whatever the number of evaluated networks
         preds = {}
-        for name, confusion in self.val_confusion.items():
+        for name in self.validated_networks():
             preds[name] = self._labels(self._scores(self.network(name), x, batch), batch)
-            confusion.update(preds[name], batch["mask"])
+            self.val_confusion[name].update(preds[name], batch["mask"])
         self._keep_examples(batch, preds)
 
     test_step = validation_step
@@ -271,10 +311,11 @@ class SemiSegModule(pl.LightningModule):
 
     def on_validation_epoch_end(self) -> None:
         scores = {}
-        for name, confusion in self.val_confusion.items():
-            scores[name] = iou_from_confusion(confusion.compute())  # summed over ranks
-            confusion.reset()
+        for name in self.validated_networks():
+            scores[name] = iou_from_confusion(self.val_confusion[name].compute())  # summed over ranks
+            self.val_confusion[name].reset()
         self.best_network = max(scores, key=lambda n: float(scores[n][1]))
+        self.network_scores = {name: float(miou) for name, (_, miou) in scores.items()}
         iou, miou = scores[self.best_network]
         self.last_val = {"mIoU": float(miou), "mIoU_all_classes": float(mean_iou_all_classes(iou)),
                          "per_class_IoU": dict(zip(self.class_names, iou.tolist())), "network": self.best_network}
