@@ -329,7 +329,7 @@ class SemiSegModule(pl.LightningModule):
 
     # -- W&B media: per-class table and prediction overlays of a fixed set of val images -------------
     def _wandb(self) -> WandbLogger | None:
-        if not self.trainer.is_global_zero:
+        if self._trainer is None or not self.trainer.is_global_zero:  # a module validated by hand has no trainer
             return None
         return next((logger for logger in self.loggers if isinstance(logger, WandbLogger)), None)
 
