@@ -22,6 +22,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
 from sslseg.checkpoint import ResumePoints, resume_checkpoint
+from sslseg.data.batch import announce_batch
 from sslseg.data.datamodule import SemiSegDataModule
 from sslseg.errors import UserError
 from sslseg.loggers import build_logger, log_config
@@ -160,9 +161,9 @@ def fit(cfg: DictConfig, cls: type[SemiSegModule], out_dir: Path, ckpt_path: str
         callbacks.append(LearningRateMonitor(logging_interval="step"))
     trainer = pl.Trainer(**trainer_kwargs(cfg), logger=logger or False, callbacks=callbacks,
                          default_root_dir=str(out_dir))
-    global_batch = int(cfg.data.batch_size) * trainer.world_size
-    log_config(logger, cfg, {"global_batch_size": global_batch, "world_size": trainer.world_size,
-                             "run_dir": str(out_dir)})
+    batch, global_batch = announce_batch(cfg.data, trainer.world_size)  # the DataModule derives the same
+    log_config(logger, cfg, {"global_batch_size": global_batch, "batch_size_per_device": batch,
+                             "world_size": trainer.world_size, "run_dir": str(out_dir)})
     # A teacher is kept in eval mode by design (method.teacher.train_mode_epochs); Lightning warns about it.
     warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode at the start of training")
     try:
