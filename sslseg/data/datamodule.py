@@ -38,7 +38,7 @@ from sslseg.data.datasets import (
     UnlabeledDataset,
     seed_worker,
 )
-from sslseg.data.splits import check_files_exist, read_split_file, split_files
+from sslseg.data.splits import check_files_exist, no_split_chosen, read_split_file, require_splits_dir, split_files
 from sslseg.data.toy import ensure_toy_dataset
 from sslseg.errors import UserError
 
@@ -114,12 +114,15 @@ class SemiSegDataModule(pl.LightningDataModule):
             return
         if not self.root.is_dir():
             raise UserError(f"dataset root not found: {self.root} (set paths.data_root)")
+        val_list = require_splits_dir(self.splits_dir) / "val.txt"
+        training = stage in (None, "fit") and (self.split is not None or bool(self.streams))  # else: val set only
+        if training and self.split is None:  # dataset=custom leaves it open when its splits folder has several
+            raise no_split_chosen(self.splits_dir)
         num_classes = int(self.dataset_cfg.num_classes)
-        val_list = self.splits_dir / "val.txt"
         val_samples = read_split_file(val_list, need_masks=True)
         check_files_exist(val_samples, self.root, val_list, with_masks=True)
         self.val_set = EvalDataset(self.root, val_samples, num_classes)
-        if stage not in (None, "fit") or self.split is None:
+        if not training:
             return
 
         files = split_files(self.splits_dir, self.split)
