@@ -9,6 +9,10 @@ from pathlib import Path
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 
+from sslseg.data.custom import register_resolvers
+
+register_resolvers()  # the configs' ${sslseg.*} resolvers (dataset=custom), in every entry point and DDP process
+
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 
 _SPLIT_ARG = re.compile(r"^(\+{0,2}split)=(.+)$")

@@ -42,6 +42,8 @@ def _devices(value: Any) -> bool:
 
 
 def _split(value: Any) -> bool:
+    if value is None:  # dataset=custom found no single split to pick: check_split says which exist
+        return True
     return (isinstance(value, str) and value.strip() != "" and "/" not in value) or _int_at_least(0)(value)
 
 
@@ -75,6 +77,16 @@ def check_config(cfg: DictConfig) -> None:
             continue
         if not valid(value):
             raise UserError(f"{key}={value}: expected {expected}")
+    check_split(cfg)
+
+
+def check_split(cfg: DictConfig) -> None:
+    """Training needs a split; dataset=custom leaves it None when its splits folder has none or several
+    (sslseg/data/custom.py): say which exist. eval.py (no `method`) reads the val list only."""
+    if "method" in cfg and OmegaConf.select(cfg, "split") is None:
+        from sslseg.data.splits import no_split_chosen, require_splits_dir
+
+        raise no_split_chosen(require_splits_dir(cfg.dataset.splits_dir))
 
 
 def check_writable(folder: Path, option: str) -> None:

@@ -19,6 +19,16 @@ def one_line(exc: BaseException) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
+def resolver_user_error(exc: BaseException) -> UserError | None:
+    """The UserError a config resolver raised (conf/dataset/custom.yaml's classes.txt): OmegaConf re-raises it
+    as an InterpolationResolutionError, once per interpolation level, and keeps it only as the context."""
+    from omegaconf.errors import InterpolationResolutionError
+
+    while isinstance(exc, InterpolationResolutionError):
+        exc = exc.__context__
+    return exc if isinstance(exc, UserError) else None
+
+
 def exit_on_user_error(fn):
     """Decorator for entry points: a UserError becomes `error: <one line>` on stderr and exit code 2."""
 
@@ -29,9 +39,13 @@ def exit_on_user_error(fn):
         except UserError as exc:
             print(f"error: {one_line(exc)}", file=sys.stderr, flush=True)
             sys.exit(2)
-        except Exception as exc:  # a UserError raised inside a DataLoader worker arrives re-wrapped
+        except Exception as exc:  # a UserError raised in a DataLoader worker or a config resolver, re-wrapped
             if "UserError" in str(exc) and "Original Traceback" in str(exc):
                 print(f"error: {one_line(exc)}", file=sys.stderr, flush=True)
+                sys.exit(2)
+            cause = resolver_user_error(exc)
+            if cause is not None:
+                print(f"error: {one_line(cause)}", file=sys.stderr, flush=True)
                 sys.exit(2)
             raise
 

@@ -23,6 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from sslseg.checkpoint import RunCheckpoints, resume_checkpoint
 from sslseg.cli import is_launcher_rank
+from sslseg.data.batch import announce_batch
 from sslseg.data.datamodule import SemiSegDataModule
 from sslseg.errors import UserError
 from sslseg.loggers import build_callbacks, build_loggers, log_config
@@ -163,9 +164,9 @@ def fit(cfg: DictConfig, cls: type[SemiSegModule], out_dir: Path, ckpt_path: str
     checkpoint.count_time_from(started)
     trainer = pl.Trainer(**trainer_kwargs(cfg), logger=loggers or False, callbacks=callbacks,
                          default_root_dir=str(out_dir))
-    global_batch = int(cfg.data.batch_size) * trainer.world_size
-    log_config(loggers, cfg, {"global_batch_size": global_batch, "world_size": trainer.world_size,
-                              "run_dir": str(out_dir)})
+    batch, global_batch = announce_batch(cfg.data, trainer.world_size)  # the DataModule derives the same
+    log_config(loggers, cfg, {"global_batch_size": global_batch, "batch_size_per_device": batch,
+                              "world_size": trainer.world_size, "run_dir": str(out_dir)})
     # A teacher is kept in eval mode by design (method.teacher.train_mode_epochs); Lightning warns about it.
     warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode at the start of training")
     # Lightning's own use of a torch API that torch 2.10+ deprecates: nothing a user can act on.

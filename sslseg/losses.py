@@ -21,13 +21,26 @@ class OhemCrossEntropy(nn.Module):
     With p_gt the softmax probability of the true class on valid pixels: if fewer than `min_kept`
     pixels are valid, all are kept; otherwise the threshold is max(thresh, the min_kept-th smallest
     p_gt) and pixels with p_gt <= threshold are kept. Loss = mean CE over kept pixels (per device).
+
+    The references fix min_kept per GPU, for their GPU's batch (UniMatch: 200k for 2 images; DSSN's R101
+    logs: 100k for 1). With `min_kept_images` (that batch) a device batch of B images keeps at least
+    min_kept·B/min_kept_images pixels, the same share of its pixels whether a global batch runs on 1 GPU
+    or 8; without it min_kept is a fixed count per device.
     """
 
-    def __init__(self, thresh: float = 0.7, min_kept: int = 200_000, ignore_index: int = IGNORE_INDEX):
+    def __init__(self, thresh: float = 0.7, min_kept: int = 200_000, ignore_index: int = IGNORE_INDEX,
+                 min_kept_images: int | None = None):
         super().__init__()
         self.thresh = thresh
         self.min_kept = int(min_kept)
+        self.min_kept_images = None if min_kept_images is None else int(min_kept_images)
         self.ignore_index = ignore_index
+
+    def kept_at_least(self, images: int) -> int:
+        """min_kept for a batch of `images` images."""
+        if self.min_kept_images is None:
+            return self.min_kept
+        return round(self.min_kept * images / self.min_kept_images)
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         pixel_loss = F.cross_entropy(logits, target, ignore_index=self.ignore_index, reduction="none").flatten()
@@ -36,10 +49,11 @@ class OhemCrossEntropy(nn.Module):
         # p_gt = exp(-CE); ignored pixels get +inf so they are never among the smallest.
         p_gt = torch.where(valid, torch.exp(-pixel_loss.detach().float()), torch.full_like(pixel_loss, float("inf"),
                                                                                           dtype=torch.float))
-        k = min(self.min_kept, p_gt.numel())
+        min_kept = self.kept_at_least(logits.shape[0])
+        k = min(min_kept, p_gt.numel())
         kth = torch.kthvalue(p_gt, k).values if k > 0 else p_gt.new_tensor(self.thresh)
         threshold = torch.maximum(kth, p_gt.new_tensor(self.thresh))
-        kept = valid & ((p_gt <= threshold) | (num_valid < self.min_kept))
+        kept = valid & ((p_gt <= threshold) | (num_valid < min_kept))
         return (pixel_loss * kept).sum() / kept.sum().clamp_min(1)
 
 
@@ -47,7 +61,7 @@ def build_criterion(cfg: DictConfig) -> nn.Module:
     if cfg.name == "ce":
         return nn.CrossEntropyLoss(ignore_index=IGNORE_INDEX)
     if cfg.name == "ohem":
-        return OhemCrossEntropy(thresh=cfg.thresh, min_kept=cfg.min_kept)
+        return OhemCrossEntropy(thresh=cfg.thresh, min_kept=cfg.min_kept, min_kept_images=cfg.get("min_kept_images"))
     raise UserError(f"dataset.criterion.name must be 'ce' or 'ohem', got {cfg.name!r}")
 
 

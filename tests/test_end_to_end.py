@@ -115,11 +115,12 @@ def test_unimatch_coco_preset_on_a_converted_coco_tree(tmp_path):
     make_coco_tree(root, train=6, val=2, size=(48, 64))
     prepare_coco([str(root)])
     make_splits(["coco", str(root), str(tmp_path / "splits" / "coco"), "--fractions", "1_512"])  # 1 labeled, 5 not
-    # One CPU process instead of the preset's 4 GPUs, no xception.pth here, a small crop for speed.
+    # One CPU process instead of the preset's GPUs, no xception.pth here, a small crop and batch (5 unlabeled
+    # images) for speed.
     local = [f"paths.data_root={root}", f"paths.splits={tmp_path / 'splits'}", f"paths.output_dir={tmp_path / 'out'}",
              "backbone.pretrained=null", "trainer.accelerator=cpu", "trainer.devices=1", "trainer.strategy=auto",
-             "trainer.sync_batchnorm=false", "dataset.crop_size=65", "logger=csv", "data.num_workers=0",
-             "trainer.enable_progress_bar=false"]
+             "trainer.sync_batchnorm=false", "dataset.crop_size=65", "data.global_batch_size=2", "logger=csv",
+             "data.num_workers=0", "trainer.enable_progress_bar=false"]
     run = run_cli("train.py", "experiment=unimatch_coco", "trainer.max_steps=2", *local)
     assert run.returncode == 0, run.stderr[-3000:]
     (results,) = _results(tmp_path / "out")

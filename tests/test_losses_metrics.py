@@ -40,6 +40,19 @@ def test_ohem_keeps_all_when_few_valid_and_skips_ignored():
     assert math.isclose(loss.item(), full.item(), rel_tol=1e-5)
 
 
+def test_ohem_min_kept_per_images_keeps_the_same_share_on_any_device_batch():
+    """The references' min_kept is per GPU for their GPU batch; a global batch on fewer devices puts more
+    images on each, and min_kept_images scales min_kept with them."""
+    logits, target = _logits_with_p_gt([0.1, 0.5, 0.69, 0.8, 0.95, 0.99])
+    one_image = OhemCrossEntropy(thresh=0.7, min_kept=4)(logits, target)  # keeps the 4 hardest (above)
+    logits2, target2 = torch.cat([logits, logits]), torch.cat([target, target])  # a device holding 2 such images
+    scaled = OhemCrossEntropy(thresh=0.7, min_kept=4, min_kept_images=1)(logits2, target2)
+    fixed = OhemCrossEntropy(thresh=0.7, min_kept=4)(logits2, target2)  # 4 of 12 pixels: threshold 0.7, keeps 6
+    assert math.isclose(scaled.item(), one_image.item(), rel_tol=1e-5)
+    expected_fixed = -2 * (math.log(0.1) + math.log(0.5) + math.log(0.69)) / 6
+    assert math.isclose(fixed.item(), expected_fixed, rel_tol=1e-5)
+
+
 def test_iou_by_hand_with_ignore_and_absent_class():
     # 4 classes; class 3 never occurs in target or prediction.
     target = torch.tensor([[0, 0, 1, 1, 2, 255]])

@@ -122,17 +122,16 @@ def test_every_preset_composes_to_the_published_setting(name):
     cfg = compose_cfg([f"experiment={name}"])
     OmegaConf.resolve(cfg)
     assert cfg.method.name == method and cfg.dataset.name == dataset.removesuffix("_blended")
-    # 4 GPUs x (2 labeled + 2 unlabeled); DDFP's U2PL setting 4 GPUs x (4 + 4); DSSN's Cityscapes R101 logs 8 x 1
-    layout = {"ddfp_pascal": (4, 4), "dssn_cityscapes": (8, 1)}.get(name, (4, 2))
-    assert cfg.trainer.strategy == "ddp" and (cfg.trainer.devices, cfg.data.batch_size) == layout
+    # Every GPU there is: the papers' global batch is data.global_batch_size (tests/test_global_batch.py).
+    assert cfg.trainer.strategy == "ddp" and cfg.trainer.devices == -1
     # The papers' backbones: deep-stem ResNet-101, Xception-65 on COCO (UniMatch configs/coco.yaml).
     assert cfg.backbone.name == ("xception65" if cfg.dataset.name == "coco" else "resnet101")
     assert cfg.model.name == "deeplabv3plus" and list(cfg.model.aspp_dilations) == [6, 12, 18]
     setting = REFERENCE.get(f"{method}_{cfg.dataset.name}", REFERENCE[cfg.dataset.name])
     criterion = cfg.dataset.criterion
     assert (cfg.dataset.crop_size, cfg.dataset.epochs, cfg.optim.lr, cfg.optim.lr_multiplier, criterion.name) == setting
-    if criterion.name == "ohem":
-        assert criterion.min_kept == (100_000 if method == "dssn" else 200_000)
+    if criterion.name == "ohem":  # per GPU of the reference's GPU batch: UniMatch 200k for 2 images, DSSN 100k for 1
+        assert (criterion.min_kept, criterion.min_kept_images) == ((100_000, 1) if method == "dssn" else (200_000, 2))
     expected_split = {"pascal": "732" if method == "ddfp" else "1464", "cityscapes": "1_16",
                       "coco": "1_512"}[cfg.dataset.name]
     assert str(cfg.split) == ("1_16" if dataset.endswith("blended") else expected_split)
@@ -153,20 +152,19 @@ def test_preset_split_can_be_overridden():
     assert str(cfg.split) == "92" and cfg.dataset.crop_size == 513
 
 
-# CVMI-Lab/DARS configs: (split, backbone, crop, GPUs, global batch round 0, global batch later rounds per
-# stream, lr, epochs per round, labeling ratios, scale ranges of rounds 0/1/2, test base size).
+# CVMI-Lab/DARS configs: (split, backbone, crop, lr, epochs per round, labeling ratios, scale ranges of rounds
+# 0/1/2, test base size). Their global batches: tests/test_global_batch.py.
 DARS_REFERENCE = {
-    "dars_pascal": ("1464", "resnet50_psp", 321, 4, 16, 8, 0.01, 50, (0.4, 0.5),
-                    ([0.5, 1.5], [0.5, 1.5], [0.5, 2.0]), 400),
-    "dars_cityscapes": ("1_8", "resnet50_psp", 713, 4, 16, 8, 0.01, 200, (0.4, 0.65),
+    "dars_pascal": ("1464", "resnet50_psp", 321, 0.01, 50, (0.4, 0.5), ([0.5, 1.5], [0.5, 1.5], [0.5, 2.0]), 400),
+    "dars_cityscapes": ("1_8", "resnet50_psp", 713, 0.01, 200, (0.4, 0.65),
                         ([0.5, 2.0], [0.5, 2.0], [0.5, 3.0]), 2048),
-    "dars_cityscapes_1_4": ("1_4", "resnet50_psp", 713, 8, 16, 8, 0.01, 200, (0.4, 0.65),
+    "dars_cityscapes_1_4": ("1_4", "resnet50_psp", 713, 0.01, 200, (0.4, 0.65),
                             ([0.5, 2.0], [0.5, 2.0], [0.4, 2.5]), 2048),
-    "dars_cityscapes_361": ("1_8", "resnet50_psp", 361, 2, 16, 8, 0.01, 200, (0.2, 0.5),
+    "dars_cityscapes_361": ("1_8", "resnet50_psp", 361, 0.01, 200, (0.2, 0.5),
                             ([0.25, 1.0], [0.25, 1.0], [0.2, 1.5]), 1024),
-    "dars_cityscapes_361_1_4": ("1_4", "resnet50_psp", 361, 2, 16, 8, 0.01, 200, (0.4, 0.6),
+    "dars_cityscapes_361_1_4": ("1_4", "resnet50_psp", 361, 0.01, 200, (0.4, 0.6),
                                 ([0.25, 1.0], [0.25, 1.0], [0.2, 1.5]), 1024),
-    "dars_cityscapes_deeplabv2": ("1_8", "resnet101_deeplabv2", 361, 2, 16, 4, 0.002, 200, (0.2, 0.45),
+    "dars_cityscapes_deeplabv2": ("1_8", "resnet101_deeplabv2", 361, 0.002, 200, (0.2, 0.45),
                                   ([0.25, 1.0], [0.25, 1.0], [0.25, 1.0]), 1024),
 }
 
@@ -177,16 +175,15 @@ def test_dars_presets_are_the_released_configs(name):
 
     from sslseg.stages import stage_config
 
-    split, backbone, crop, gpus, batch0, batch, lr, epochs, ratios, scales, base = DARS_REFERENCE[name]
+    split, backbone, crop, lr, epochs, ratios, scales, base = DARS_REFERENCE[name]
     cfg = compose_cfg([f"experiment={name}"])
     stages = cfg.method.stages
     assert list(stages) == ["round0", "pseudo1", "round1", "pseudo2", "round2"]
     rounds = [OmegaConf.to_container(stage_config(cfg, stages[r], 0), resolve=True) for r in ("round0", "round1",
                                                                                              "round2")]
-    assert (str(cfg.split), cfg.backbone.name, cfg.dataset.crop_size, cfg.trainer.devices) == (split, backbone, crop,
-                                                                                                gpus)
+    assert (str(cfg.split), cfg.backbone.name, cfg.dataset.crop_size) == (split, backbone, crop)
+    assert cfg.trainer.devices == -1  # the global batches hold on any device count
     assert (crop - 1) % 8 == 0  # semseg's output size (H-1)/8·8+1 equals H only for these crops
-    assert rounds[0]["data"]["batch_size"] * gpus == batch0 and rounds[1]["data"]["batch_size"] * gpus == batch
     assert rounds[0]["data"]["epoch_length"] == ("unlabeled" if backbone == "resnet101_deeplabv2" else "labeled")
     assert [r["optim"]["lr"] for r in rounds] == [lr] * 3 and [stages[r].epochs for r in ("round0", "round1",
                                                                                           "round2")] == [epochs] * 3
@@ -209,8 +206,8 @@ def test_pct_preset_is_the_released_setting():
     one, two = (OmegaConf.to_container(stage_config(cfg, stages[s], 0), resolve=True) for s in ("stage1", "stage2"))
     assert str(cfg.split) == "first_1464" and cfg.trainer.devices == 1 and cfg.backbone.output_stride == 8
     assert cfg.model.name == "deeplabv3plus_lpl" and cfg.model.aspp_dropout == 0.5 and cfg.model.low_level_kernel == 3
-    assert (one["trainer"]["max_steps"], one["data"]["batch_size"], one["optim"]["lr"]) == (20000, 5, 0.001)
-    assert (two["trainer"]["max_steps"], two["data"]["batch_size"], two["optim"]["lr"]) == (30000, 16, 0.007)
+    assert (one["trainer"]["max_steps"], one["optim"]["lr"]) == (20000, 0.001)  # batches: tests/test_global_batch.py
+    assert (two["trainer"]["max_steps"], two["optim"]["lr"]) == (30000, 0.007)
     for stage in (one, two):  # groups 1 / 1 / 10, wd 4e-5, crop 384, poly from the current iteration
         assert (stage["optim"]["lr_multiplier"], stage["optim"]["classifier_lr_multiplier"]) == (1.0, 10.0)
         assert stage["optim"]["weight_decay"] == 4e-5 and stage["dataset"]["crop_size"] == 384

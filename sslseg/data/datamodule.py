@@ -29,6 +29,7 @@ from lightning.pytorch.utilities.combined_loader import CombinedLoader
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
+from sslseg.data.batch import per_device_batch
 from sslseg.data.datasets import (
     EpochSampler,
     EvalDataset,
@@ -37,7 +38,7 @@ from sslseg.data.datasets import (
     UnlabeledDataset,
     seed_worker,
 )
-from sslseg.data.splits import check_files_exist, read_split_file, split_files
+from sslseg.data.splits import check_files_exist, no_split_chosen, read_split_file, require_splits_dir, split_files
 from sslseg.data.toy import ensure_toy_dataset
 from sslseg.errors import UserError
 
@@ -89,6 +90,17 @@ class SemiSegDataModule(pl.LightningDataModule):
     def splits_dir(self) -> Path:
         return Path(self.dataset_cfg.splits_dir)
 
+    @property
+    def world_size(self) -> int:
+        return 1 if self.trainer is None else self.trainer.world_size
+
+    @property
+    def batch_size(self) -> int:
+        """Images per stream and step on this device: data.global_batch_size over the trainer's devices
+        when set, else data.batch_size (sslseg/data/batch.py). Read from the attached trainer, so every
+        DDP process derives the same."""
+        return per_device_batch(self.data_cfg, self.world_size)
+
     # -- set-up -----------------------------------------------------------------------------------
     def prepare_data(self) -> None:
         if self.is_toy:
@@ -102,12 +114,15 @@ class SemiSegDataModule(pl.LightningDataModule):
             return
         if not self.root.is_dir():
             raise UserError(f"dataset root not found: {self.root} (set paths.data_root)")
+        val_list = require_splits_dir(self.splits_dir) / "val.txt"
+        training = stage in (None, "fit") and (self.split is not None or bool(self.streams))  # else: val set only
+        if training and self.split is None:  # dataset=custom leaves it open when its splits folder has several
+            raise no_split_chosen(self.splits_dir)
         num_classes = int(self.dataset_cfg.num_classes)
-        val_list = self.splits_dir / "val.txt"
         val_samples = read_split_file(val_list, need_masks=True)
         check_files_exist(val_samples, self.root, val_list, with_masks=True)
         self.val_set = EvalDataset(self.root, val_samples, num_classes)
-        if stage not in (None, "fit") or self.split is None:
+        if not training:
             return
 
         files = split_files(self.splits_dir, self.split)
@@ -123,8 +138,9 @@ class SemiSegDataModule(pl.LightningDataModule):
         epoch_list, epoch_length = {"labeled": (files.labeled, len(labeled)),
                                     "unlabeled": (files.unlabeled, len(unlabeled)),
                                     "all": (files.unlabeled, len(labeled) + len(unlabeled))}[by]
-        if epoch_length < self.data_cfg.batch_size:
-            raise UserError(f"{epoch_list} has {epoch_length} images, fewer than data.batch_size")
+        step_images = self.batch_size * self.world_size  # a step's images over all devices
+        if epoch_length < step_images:
+            raise UserError(f"{epoch_list} has {epoch_length} images, fewer than one step's batch ({step_images})")
         seed = lambda name: (self.seed, STREAM_IDS[name])
         geometric_aug = OmegaConf.to_container(self.data_cfg.get("geometric_aug") or OmegaConf.create({}))
         tags = self._tags(labeled + unlabeled) if "tagged" in self.streams else None
@@ -165,7 +181,8 @@ class SemiSegDataModule(pl.LightningDataModule):
                     prefetch_factor=4 if workers > 0 else None)
 
     def train_dataloader(self):
-        rank, world = (self.trainer.global_rank, self.trainer.world_size) if self.trainer is not None else (0, 1)
+        rank, world = (0 if self.trainer is None else self.trainer.global_rank), self.world_size
+        batch_size = self.batch_size
         kwargs = self._loader_kwargs()
         if not kwargs["persistent_workers"]:
             # An iterator made anew each epoch draws its workers' base seed at the epoch's start; from torch's
@@ -178,9 +195,9 @@ class SemiSegDataModule(pl.LightningDataModule):
                                    epoch_source=None if self.trainer is None else self._current_epoch)
             if self.resume_position is not None:
                 epoch, batches = self.resume_position
-                sampler.resume_at(epoch, batches * int(self.data_cfg.batch_size))
-            loaders[name] = DataLoader(self.train_sets[name], batch_size=int(self.data_cfg.batch_size), drop_last=True,
-                                       sampler=sampler, **kwargs)
+                sampler.resume_at(epoch, batches * batch_size)
+            loaders[name] = DataLoader(self.train_sets[name], batch_size=batch_size, drop_last=True, sampler=sampler,
+                                       **kwargs)
         return CombinedLoader(loaders, mode="min_size")
 
     def _current_epoch(self) -> int:

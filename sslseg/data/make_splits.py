@@ -4,7 +4,7 @@
     python -m sslseg.data.make_splits pascal /data/VOC2012 splits/pascal --first 92 183 366 732 1464
     python -m sslseg.data.make_splits cityscapes /data/cityscapes splits/cityscapes --fractions 1_16 1_8
     python -m sslseg.data.make_splits coco /data/coco splits/coco --fractions 1_512 1_256
-    python -m sslseg.data.make_splits custom /data/mine splits/custom --labeled 50 --val-fraction 0.2
+    python -m sslseg.data.make_splits custom /data/mine --labeled 50 --val-fraction 0.2   # -> /data/mine/splits
 
 Layouts (paths relative to the dataset root, as in the lists):
   pascal      JPEGImages/<id>.jpg, SegmentationClass/<id>.png (SBD-augmented masks),
@@ -18,7 +18,10 @@ Layouts (paths relative to the dataset root, as in the lists):
               gtFine/.../<name>_gtFine_labelTrainIds.png; labeled = a random fraction of train.
   coco        train2017/<id>.jpg, val2017/<id>.jpg, masks/<id>.png; unlabeled = train2017 minus
               the labeled images.
-  custom      images/<name>.<jpg|png> and masks/<name>.png; val = a random --val-fraction.
+  custom      images/<name>.<jpg|png> and masks/<name>.png; val = a random --val-fraction of the images with
+              a mask, labeled ones drawn from the rest of those (an image without a mask is unlabeled). The output
+              folder defaults to <root>/splits, where `python train.py dataset=custom paths.data_root=<root>`
+              looks (sslseg/data/custom.py).
 A fraction `1_16` means ceil(N/16) labeled images (this reproduces every published split size:
 Pascal 662/1323/2646, Cityscapes 186/372/744/1488 and 100 for 1_30, COCO 232/463/925/1849/3697);
 `--labeled N` gives counts instead.
@@ -31,6 +34,7 @@ import math
 import random
 from pathlib import Path
 
+from sslseg.data.custom import CLASSES_FILE, read_classes_file
 from sslseg.data.splits import Sample, write_split_file
 from sslseg.errors import UserError, exit_on_user_error
 
@@ -73,12 +77,21 @@ def coco_pool(root: Path) -> tuple[list[Sample], list[Sample]]:
     return listing("train2017"), listing("val2017")
 
 
-def custom_pool(root: Path, val_fraction: float, rng: random.Random) -> tuple[list[Sample], list[Sample]]:
+def custom_pool(root: Path, val_fraction: float,
+                rng: random.Random) -> tuple[list[Sample], list[Sample], list[Sample]]:
+    """(train pool, val, labeled candidates). An image without masks/<name>.png can only be unlabeled (an
+    image-only line); val and the labeled images are drawn from those with a mask."""
     images = sorted(p for p in _require(root / "images").iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
-    samples = [Sample(f"images/{p.name}", f"masks/{p.stem}.png") for p in images]
-    rng.shuffle(samples)
-    n_val = round(len(samples) * val_fraction)
-    return sorted(samples[n_val:], key=lambda s: s.image), sorted(samples[:n_val], key=lambda s: s.image)
+    samples = [Sample(f"images/{p.name}", f"masks/{p.stem}.png" if (root / "masks" / f"{p.stem}.png").is_file()
+                      else None) for p in images]
+    annotated = [s for s in samples if s.mask]
+    if not annotated:
+        raise UserError(f"no image in {root / 'images'} has its mask {root / 'masks'}/<image name>.png")
+    rng.shuffle(annotated)
+    val = set(annotated[: round(len(annotated) * val_fraction)])
+    by_image = lambda s: s.image
+    return (sorted((s for s in samples if s not in val), key=by_image), sorted(val, key=by_image),
+            sorted((s for s in annotated if s not in val), key=by_image))
 
 
 def count(name: str, pool_size: int) -> int:
@@ -126,7 +139,8 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("layout", choices=["pascal", "cityscapes", "coco", "custom"])
     parser.add_argument("root", type=Path, help="dataset root")
-    parser.add_argument("out", type=Path, help="output folder, e.g. splits/pascal")
+    parser.add_argument("out", type=Path, nargs="?", default=None,
+                        help="output folder, e.g. splits/pascal (custom: default <root>/splits)")
     parser.add_argument("--labeled", nargs="*", default=[], help="labeled counts, e.g. 92 183")
     parser.add_argument("--fractions", nargs="*", default=[], help="labeled fractions, e.g. 1_16 1_8")
     parser.add_argument("--first", nargs="*", type=int, default=[], metavar="N",
@@ -142,6 +156,10 @@ def main(argv: list[str] | None = None) -> None:
         parser.error("give --labeled, --fractions and/or --first")
     if args.first and args.layout != "pascal":
         parser.error("--first is for the pascal layout (it reads ImageSets/Segmentation/train.txt)")
+    if args.out is None:
+        if args.layout != "custom":
+            parser.error(f"give the output folder, e.g. splits/{args.layout}")
+        args.out = args.root / "splits"
     root = _require(args.root)
     candidates = None
     if args.layout == "pascal":
@@ -155,10 +173,22 @@ def main(argv: list[str] | None = None) -> None:
     elif args.layout == "coco":
         pool, val = coco_pool(root)
     else:
-        pool, val = custom_pool(root, args.val_fraction, random.Random(args.seed))
+        pool, val, candidates = custom_pool(root, args.val_fraction, random.Random(args.seed))
     write_splits(args.out, pool, val, drawn, args.seed, candidates)
     names = drawn + [f"first_{n}" for n in args.first]
     print(f"wrote {', '.join(names)} and val.txt ({len(pool)} train / {len(val)} val images) to {args.out}")
+    if args.layout == "custom":
+        print(classes_note(root))
+
+
+def classes_note(root: Path) -> str:
+    """What training will take for the classes of a custom folder (conf/dataset/custom.yaml)."""
+    path = root / CLASSES_FILE
+    if path.is_file():
+        names = read_classes_file(path)
+        return f"{path}: {len(names)} classes ({', '.join(names)})"
+    return (f"no {path}: write one class name per line (the first line is class 0), or train with "
+            "dataset.num_classes=<number of classes>")
 
 
 if __name__ == "__main__":

@@ -38,14 +38,38 @@ class SplitFiles:
     val: Path
 
 
+def available_splits(splits_dir: str | Path) -> list[str]:
+    """The split folders (those holding a labeled.txt) of a splits folder, sorted; none if it is missing."""
+    splits_dir = Path(splits_dir)
+    if not splits_dir.is_dir():
+        return []
+    return sorted(p.name for p in splits_dir.iterdir() if (p / "labeled.txt").is_file())
+
+
+def require_splits_dir(splits_dir: str | Path) -> Path:
+    """The splits folder, or one line naming the path looked at and the option that moves it."""
+    splits_dir = Path(splits_dir)
+    if not splits_dir.is_dir():
+        raise UserError(f"split folder not found: {splits_dir} (set dataset.splits_dir=<folder of val.txt and "
+                        "<split>/labeled.txt>, or write one with python -m sslseg.data.make_splits)")
+    return splits_dir
+
+
+def no_split_chosen(splits_dir: str | Path) -> UserError:
+    """The error of a run given no split (dataset=custom picks the only one there is): which ones exist."""
+    names = available_splits(splits_dir)
+    if names:
+        return UserError(f"{splits_dir} holds several splits: choose one with split=<{' | '.join(names)}>")
+    return UserError(f"{splits_dir} holds no split (no <split>/labeled.txt): write one with python -m "
+                     "sslseg.data.make_splits, or set dataset.splits_dir=<folder of the split lists>")
+
+
 def split_files(splits_dir: str | Path, split: str | int) -> SplitFiles:
     """Paths of a split's lists; a missing split names the ones that exist."""
-    splits_dir = Path(splits_dir)
+    splits_dir = require_splits_dir(splits_dir)
     split = str(split)
-    if not splits_dir.is_dir():
-        raise UserError(f"split folder not found: {splits_dir} (set paths.splits or dataset.splits_dir)")
     if not (splits_dir / split).is_dir():
-        available = sorted(p.name for p in splits_dir.iterdir() if (p / "labeled.txt").is_file())
+        available = available_splits(splits_dir)
         raise UserError(f"split '{split}' not found in {splits_dir} (available: {', '.join(available) or 'none'})")
     return SplitFiles(splits_dir / split / "labeled.txt", splits_dir / split / "unlabeled.txt", splits_dir / "val.txt")
 
