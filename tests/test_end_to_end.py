@@ -150,3 +150,9 @@ def test_wandb_multirun_logs_one_run_per_job(data_dir, tmp_path):
     runs = sorted(tmp_path.rglob("offline-run-*"))
     # one W&B run per job, each in its own job's folder (before, job 1 logged into job 0's run)
     assert len(runs) == 2 and {r.parent.parent.name.split("_")[-1] for r in runs} == {"seed0", "seed1"}
+    # each run holds its own job's config (its run_dir), not the other job's
+    for run_folder in runs:
+        (record,) = run_folder.glob("run-*.wandb")
+        data, job = record.read_bytes(), run_folder.parents[1]
+        other = next(r.parents[1] for r in runs if r != run_folder)
+        assert str(job).encode() in data and str(other).encode() not in data
