@@ -136,6 +136,23 @@ class RunCheckpoints(ModelCheckpoint):
         signal.signal(signal.SIGINT, signal.default_int_handler)  # a second Ctrl+C interrupts at once
         os.kill(os.getpid(), signal.SIGTERM)
 
+    # Lightning 2.6 writes last.ckpt only where it also wrote best.ckpt. A resume, and the next round of a staged
+    # method (DARS, PCT), need the latest state at every epoch end, improved or not: written where Lightning
+    # would have written it (the end of the training epoch, or of a validation within the epoch).
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        super().on_train_epoch_end(trainer, pl_module)
+        if self._should_save_on_train_epoch_end(trainer):
+            self._refresh_last(trainer)
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        super().on_validation_end(trainer, pl_module)
+        if not self._should_save_on_train_epoch_end(trainer):
+            self._refresh_last(trainer)
+
+    def _refresh_last(self, trainer) -> None:
+        if self.save_last and not self._should_skip_saving_checkpoint(trainer):
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx: int) -> None:
         # Between step k and step k+1: the previous step, its teacher update and its counter are done.
         steps = pl_module.train_steps

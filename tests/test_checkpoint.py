@@ -72,3 +72,28 @@ def test_staged_methods_resume_by_rerunning_not_from_a_file(tmp_path):
     ckpt = save_checkpoint(tmp_path / "dars.ckpt", method="dars")
     message = error_of(run_cfg(str(ckpt), method="dars", stages={"round0": {"kind": "train"}}), tmp_path)
     assert message.startswith("method=dars runs in stages and resumes by itself: drop ckpt_path")
+
+
+def test_last_checkpoint_is_the_latest_epoch_even_when_validation_got_worse(tmp_path):
+    """Lightning 2.6 refreshes last.ckpt only when best.ckpt is written; DARS's next round and a resume
+    start from last.ckpt, so it must hold the final epoch, not the best one."""
+    import lightning.pytorch as pl
+    from lightning.pytorch.demos.boring_classes import BoringModel
+
+    from sslseg.checkpoint import RunCheckpoints
+
+    class GettingWorse(BoringModel):
+        train_steps = 0  # what RunCheckpoints reads of an sslseg module
+
+        def on_validation_epoch_end(self):
+            self.log("val/mIoU", 10.0 - self.current_epoch)  # best after epoch 0
+
+    checkpoints = RunCheckpoints(every_n_steps=0, dirpath=tmp_path, filename="best", monitor="val/mIoU", mode="max",
+                                 save_last=True, enable_version_counter=False)
+    trainer = pl.Trainer(max_epochs=3, limit_train_batches=2, limit_val_batches=1, callbacks=[checkpoints],
+                         logger=False, enable_progress_bar=False, enable_model_summary=False, accelerator="cpu",
+                         num_sanity_val_steps=0)
+    trainer.fit(GettingWorse())
+    last = torch.load(tmp_path / "last.ckpt", map_location="cpu", weights_only=False)
+    best = torch.load(tmp_path / "best.ckpt", map_location="cpu", weights_only=False)
+    assert (last["epoch"], last["global_step"]) == (2, 6) and (best["epoch"], best["global_step"]) == (0, 2)
