@@ -17,6 +17,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from hydra.utils import get_class
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch.profilers import AdvancedProfiler, Profiler, PyTorchProfiler, SimpleProfiler
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
@@ -61,6 +62,17 @@ def trainer_kwargs(cfg: DictConfig) -> dict:
         rank_zero_info("trainer.sync_batchnorm ignored on CPU (SyncBatchNorm needs GPUs)")
         kwargs["sync_batchnorm"] = False
     return kwargs
+
+
+PROFILERS = {"simple": SimpleProfiler, "advanced": AdvancedProfiler, "pytorch": PyTorchProfiler}
+
+
+def profiler_into(name: str, out_dir: Path) -> Profiler | str:
+    """`trainer.profiler=simple|advanced|pytorch` (debug=profiler) with its report written into the run directory,
+    as fit-profile.txt and validate-profile.txt: given by name, Lightning logs the report, and a train.py run prints
+    none of Lightning's log lines (quiet_duplicate_logs)."""
+    cls = PROFILERS.get(name.lower())
+    return name if cls is None else cls(dirpath=out_dir, filename="profile")
 
 
 def _is_launcher_rank() -> bool:
@@ -128,6 +140,9 @@ def train(cfg: DictConfig) -> dict | None:
     else:
         results = fit(cfg, cls, run_dir, ckpt_path=ckpt_path)
     results["wall_seconds"] = round(time.time() - start, 1)
+    debug = HydraConfig.get().runtime.choices.get("debug")
+    if debug:  # a debug config's cut-short run: `python -m sslseg.results` leaves it out
+        results["debug"] = debug
     _report(run_dir, results)
     return results
 
@@ -158,8 +173,10 @@ def fit(cfg: DictConfig, cls: type[SemiSegModule], out_dir: Path, ckpt_path: str
     callbacks = [checkpoint, resume_points]
     if logger is not None and cfg.callbacks.lr_monitor:
         callbacks.append(LearningRateMonitor(logging_interval="step"))
-    trainer = pl.Trainer(**trainer_kwargs(cfg), logger=logger or False, callbacks=callbacks,
-                         default_root_dir=str(out_dir))
+    kwargs = trainer_kwargs(cfg)
+    if isinstance(kwargs.get("profiler"), str):
+        kwargs["profiler"] = profiler_into(kwargs["profiler"], out_dir)
+    trainer = pl.Trainer(**kwargs, logger=logger or False, callbacks=callbacks, default_root_dir=str(out_dir))
     global_batch = int(cfg.data.batch_size) * trainer.world_size
     log_config(logger, cfg, {"global_batch_size": global_batch, "world_size": trainer.world_size,
                              "run_dir": str(out_dir)})

@@ -25,13 +25,14 @@ def format_iou_table(per_class: dict[str, float], miou: float) -> str:
 
 
 def collect(root: Path) -> list[dict]:
-    """Every results.json of a training run under `root`: eval runs (no `seed`) and the stages of a
-    staged run (a `stage` without the run's `stages` summary) are left out."""
+    """Every results.json of a training run under `root`: eval runs (no `seed`), the stages of a
+    staged run (a `stage` without the run's `stages` summary) and debug runs (conf/debug/: cut short,
+    validated on a few batches) are left out."""
     found = []
     for path in sorted(Path(root).rglob("results.json")):
         results = json.loads(path.read_text())
         stage_of_a_run = "stage" in results and "stages" not in results
-        if "seed" in results and "best_val_mIoU" in results and not stage_of_a_run:
+        if "seed" in results and "best_val_mIoU" in results and not stage_of_a_run and "debug" not in results:
             found.append(results)
     return found
 
