@@ -13,10 +13,11 @@ from sslseg.errors import exit_on_user_error  # noqa: E402
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
 @exit_on_user_error
-def main(cfg) -> None:
+def main(cfg) -> float:
+    """Returns the best val mIoU: the objective a Hydra sweeper maximises (conf/hparams_search/)."""
     from sslseg.experiment import train
 
-    train(cfg)
+    return float(train(cfg)["best_val_mIoU"])
 
 
 if __name__ == "__main__":

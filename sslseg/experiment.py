@@ -76,8 +76,9 @@ def profiler_into(name: str, out_dir: Path) -> Profiler | str:
 
 
 def _is_launcher_rank() -> bool:
-    """True in the process the user started (DDP children are relaunched with LOCAL_RANK set)."""
-    return int(os.environ.get("LOCAL_RANK", 0)) == 0 and int(os.environ.get("NODE_RANK", 0)) == 0
+    """True in the process the user started (DDP children are relaunched with LOCAL_RANK set), or in SLURM's
+    task 0 when srun started one process per device (launcher=slurm: SLURM_PROCID is the global rank)."""
+    return all(int(os.environ.get(name, 0)) == 0 for name in ("LOCAL_RANK", "NODE_RANK", "SLURM_PROCID"))
 
 
 _RUN_DIR_LOCKS: list = []  # open lock files, held until the process exits
@@ -98,11 +99,19 @@ def claim_run_dir(run_dir: Path) -> None:
     _RUN_DIR_LOCKS.append(handle)
 
 
+SLURM_LAUNCHER = "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher"
+
+
 def check_launch(cfg: DictConfig) -> None:
+    """Multi-device DDP under Hydra -m only with the submitit SLURM launcher (launcher=slurm): there each job is
+    its own SLURM job whose srun starts one process per device, and Lightning takes the ranks from SLURM. Other
+    launchers run the jobs in one process, where Lightning would relaunch the sweep's argv for every rank."""
+    hydra_cfg = HydraConfig.get()
     strategy, devices = str(cfg.trainer.strategy), cfg.trainer.devices
-    if HydraConfig.get().mode == RunMode.MULTIRUN and strategy.startswith("ddp") and devices != 1:
+    on_slurm = OmegaConf.select(hydra_cfg, "launcher._target_") == SLURM_LAUNCHER
+    if hydra_cfg.mode == RunMode.MULTIRUN and strategy.startswith("ddp") and devices != 1 and not on_slurm:
         raise UserError("trainer=ddp cannot run under Hydra -m (Lightning relaunches argv per rank); "
-                        "loop over single runs instead")
+                        "loop over single runs instead, or submit the sweep to SLURM with launcher=slurm")
 
 
 def _finish_wandb() -> None:
