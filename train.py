@@ -16,7 +16,7 @@ from sslseg.errors import exit_on_user_error  # noqa: E402
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
-def main(cfg) -> None:
+def main(cfg) -> float:
     if not is_launcher_rank():  # a DDP child: its launcher logs the run's console
         return run(cfg)
     with console_logged(Path(HydraConfig.get().runtime.output_dir) / "train.log"):
@@ -24,11 +24,12 @@ def main(cfg) -> None:
 
 
 @exit_on_user_error
-def run(cfg) -> None:
+def run(cfg) -> float:
+    """Returns the best val mIoU: the objective a Hydra sweeper maximises (conf/hparams_search/)."""
     check_config(cfg)  # again per job: a sweep's overrides reach the jobs only
     from sslseg.experiment import train
 
-    train(cfg)
+    return float(train(cfg)["best_val_mIoU"])
 
 
 if __name__ == "__main__":

@@ -40,5 +40,6 @@ def compose_config(overrides: list[str], config_name: str = "train"):
 
 
 def is_launcher_rank() -> bool:
-    """True in the process the user started (DDP children are relaunched with LOCAL_RANK set)."""
-    return int(os.environ.get("LOCAL_RANK", 0)) == 0 and int(os.environ.get("NODE_RANK", 0)) == 0
+    """True in the process the user started (DDP children are relaunched with LOCAL_RANK set), or in SLURM's
+    task 0 when srun started one process per device (launcher=slurm: SLURM_PROCID is the global rank)."""
+    return all(int(os.environ.get(name, 0)) == 0 for name in ("LOCAL_RANK", "NODE_RANK", "SLURM_PROCID"))

@@ -17,6 +17,7 @@ import lightning.pytorch as pl
 import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
+from lightning.pytorch.profilers import AdvancedProfiler, Profiler, PyTorchProfiler, SimpleProfiler
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
@@ -74,6 +75,17 @@ def trainer_kwargs(cfg: DictConfig) -> dict:
     return kwargs
 
 
+PROFILERS = {"simple": SimpleProfiler, "advanced": AdvancedProfiler, "pytorch": PyTorchProfiler}
+
+
+def profiler_into(name: str, out_dir: Path) -> Profiler | str:
+    """`trainer.profiler=simple|advanced|pytorch` (debug=profiler) with its report written into the run directory,
+    as fit-profile.txt and validate-profile.txt: given by name, Lightning logs the report, and a train.py run prints
+    none of Lightning's log lines (quiet_duplicate_logs)."""
+    cls = PROFILERS.get(name.lower())
+    return name if cls is None else cls(dirpath=out_dir, filename="profile")
+
+
 _RUN_DIR_LOCKS: list = []  # open lock files, held until the process exits
 
 
@@ -92,11 +104,19 @@ def claim_run_dir(run_dir: Path) -> None:
     _RUN_DIR_LOCKS.append(handle)
 
 
+SLURM_LAUNCHER = "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher"
+
+
 def check_launch(cfg: DictConfig) -> None:
+    """Multi-device DDP under Hydra -m only with the submitit SLURM launcher (launcher=slurm): there each job is
+    its own SLURM job whose srun starts one process per device, and Lightning takes the ranks from SLURM. Other
+    launchers run the jobs in one process, where Lightning would relaunch the sweep's argv for every rank."""
+    hydra_cfg = HydraConfig.get()
     strategy, devices = str(cfg.trainer.strategy), cfg.trainer.devices
-    if HydraConfig.get().mode == RunMode.MULTIRUN and strategy.startswith("ddp") and devices != 1:
+    on_slurm = OmegaConf.select(hydra_cfg, "launcher._target_") == SLURM_LAUNCHER
+    if hydra_cfg.mode == RunMode.MULTIRUN and strategy.startswith("ddp") and devices != 1 and not on_slurm:
         raise UserError("trainer=ddp cannot run under Hydra -m (Lightning relaunches argv per rank); "
-                        "loop over single runs instead")
+                        "loop over single runs instead, or submit the sweep to SLURM with launcher=slurm")
 
 
 def _finish_wandb() -> None:
@@ -134,6 +154,9 @@ def train(cfg: DictConfig) -> dict | None:
     else:
         results = fit(cfg, cls, run_dir, ckpt_path=ckpt_path, started=started)
     results |= provenance(list(HydraConfig.get().overrides.task))
+    debug = HydraConfig.get().runtime.choices.get("debug")
+    if debug:  # a debug config's cut-short run: `python -m sslseg.results` leaves it out
+        results["debug"] = debug
     _report(run_dir, results)
     return results
 
@@ -162,8 +185,10 @@ def fit(cfg: DictConfig, cls: type[SemiSegModule], out_dir: Path, ckpt_path: str
         raise UserError("callbacks.checkpoint: sslseg needs an sslseg.checkpoint.RunCheckpoints callback "
                         "(its best.ckpt is evaluated, resumed and loaded by eval.py)")
     checkpoint.count_time_from(started)
-    trainer = pl.Trainer(**trainer_kwargs(cfg), logger=loggers or False, callbacks=callbacks,
-                         default_root_dir=str(out_dir))
+    kwargs = trainer_kwargs(cfg)
+    if isinstance(kwargs.get("profiler"), str):
+        kwargs["profiler"] = profiler_into(kwargs["profiler"], out_dir)
+    trainer = pl.Trainer(**kwargs, logger=loggers or False, callbacks=callbacks, default_root_dir=str(out_dir))
     batch, global_batch = announce_batch(cfg.data, trainer.world_size)  # the DataModule derives the same
     log_config(loggers, cfg, {"global_batch_size": global_batch, "batch_size_per_device": batch,
                               "world_size": trainer.world_size, "run_dir": str(out_dir)})

@@ -94,15 +94,15 @@ def _git_state(code_dir: Path) -> tuple[str | None, bool | None]:
 # --- collecting and grouping the runs under a folder ------------------------------------------------------------
 
 def collect(root: Path) -> list[dict]:
-    """Every results.json of a training run under `root`: eval runs (no `seed`) and the stages of a staged run (a
-    `stage` without the run's `stages` summary) are left out. Each run gets `_run_dir` (where its file was found; the
-    `run_dir` inside may predate a move) and `_mtime`. A malformed file is a UserError naming it: skipping it would
-    leave a run out of the numbers without anyone noticing."""
+    """Every results.json of a training run under `root`: eval runs (no `seed`), the stages of a staged run (a
+    `stage` without the run's `stages` summary) and debug runs (conf/debug/: cut short) are left out. Each run
+    gets `_run_dir` (where its file was found; the `run_dir` inside may predate a move) and `_mtime`. A malformed
+    file is a UserError naming it: skipping it would leave a run out of the numbers without anyone noticing."""
     found = []
     for path in sorted(Path(root).rglob("results.json")):
         results = _read(path)
         stage_of_a_run = "stage" in results and "stages" not in results
-        if "seed" in results and "best_val_mIoU" in results and not stage_of_a_run:
+        if "seed" in results and "best_val_mIoU" in results and not stage_of_a_run and "debug" not in results:
             _check(path, results)
             found.append(results | {"_run_dir": str(path.parent.resolve()), "_mtime": path.stat().st_mtime})
     return found

@@ -161,6 +161,9 @@ def generate(cfg: DictConfig, cls, out_dir: Path, weights: Path, stage: DictConf
     module.load_state_dict(checkpoint["state_dict"])
     writer = PseudoLabelWriter(out_dir, num_classes)
     kwargs = trainer_kwargs(cfg) | {"logger": False, "enable_checkpointing": False, "callbacks": [writer]}
+    # The list written below names every unlabeled image, so each needs its label: fast_dev_run's one predict
+    # batch (debug=fast_dev_run) would leave the next stage reading missing files.
+    kwargs.pop("fast_dev_run", None)
     trainer = pl.Trainer(**kwargs, default_root_dir=str(out_dir))
     dataset = ImageDataset(root, samples, tags)
     sampler = ShardedEvalSampler(dataset, trainer.world_size, trainer.global_rank) if trainer.world_size > 1 else None

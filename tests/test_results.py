@@ -260,3 +260,15 @@ def test_provenance_commit_and_dirty_from_git(tmp_path, monkeypatch):
     assert provenance([], tmp_path)["commit"] is None
     monkeypatch.setenv("PATH", str(tmp_path / "nothing"))  # no git at all: None, no crash
     assert (provenance([], repo)["commit"], provenance([], repo)["dirty"]) == (None, None)
+
+
+def test_debug_runs_do_not_replace_real_ones(tmp_path):
+    """A debug run (conf/debug/) of the same method, split and seed sorts after the real one under outputs/ and
+    would win its cell ("last one wins"); its results.json says `debug`, and collect leaves it out."""
+    _run(tmp_path, "daw", 0, 75.0)
+    debug_dir = tmp_path / "debug" / "daw" / "toy_16" / "seed0"
+    debug_dir.mkdir(parents=True)
+    debug = {"method": "daw", "dataset": "toy", "split": "16", "seed": 0, "best_val_mIoU": 10.0,
+             "wall_seconds": 9.0, "debug": "fast_dev_run"}
+    (debug_dir / "results.json").write_text(json.dumps(debug))
+    assert [r["best_val_mIoU"] for r in collect(tmp_path)] == [75.0]
