@@ -16,9 +16,9 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import OmegaConf, open_dict
 
-from sslseg.cli import CONF_DIR
+from sslseg.cli import CONF_DIR, is_launcher_rank
 from sslseg.errors import UserError
-from sslseg.experiment import SLURM_LAUNCHER, _is_launcher_rank, check_launch
+from sslseg.experiment import SLURM_LAUNCHER, check_launch
 from tests.conftest import run_cli
 
 
@@ -152,11 +152,11 @@ def test_only_slurm_task_0_claims_the_run_directory(monkeypatch):
     """srun starts every rank itself (no LOCAL_RANK): SLURM_PROCID says which one is rank 0."""
     for name in ("LOCAL_RANK", "NODE_RANK", "SLURM_PROCID"):
         monkeypatch.delenv(name, raising=False)
-    assert _is_launcher_rank()
+    assert is_launcher_rank()
     monkeypatch.setenv("SLURM_PROCID", "0")
-    assert _is_launcher_rank()
+    assert is_launcher_rank()
     monkeypatch.setenv("SLURM_PROCID", "3")
-    assert not _is_launcher_rank()
+    assert not is_launcher_rank()
 
 
 # A stand-in for SLURM's sbatch, srun and sacct, enough for submitit: sbatch returns a job id at once and runs each
