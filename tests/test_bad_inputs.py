@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import shutil
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -112,9 +113,11 @@ def _cases(run: Path, data: Path, data_dir: Path, tmp: Path) -> list[tuple[str, 
 def test_each_bad_input_is_one_line_exit_2_and_leaves_the_run_directory_alone(finished_run, broken_data, data_dir,
                                                                                tmp_path):
     before = _snapshot(finished_run)
+    cases = _cases(finished_run, broken_data, data_dir, tmp_path)
+    with ThreadPoolExecutor(max_workers=2) as pool:  # independent commands, mostly start-up time: two at once
+        runs = list(pool.map(lambda case: run_cli("train.py", *case[1]), cases))
     failures = []
-    for name, overrides, expected in _cases(finished_run, broken_data, data_dir, tmp_path):
-        run = run_cli("train.py", *overrides)
+    for (name, _, expected), run in zip(cases, runs):
         lines = run.stderr.strip().splitlines()
         if "<time>" in expected and len(lines) == 1:  # the run folder's name holds the time of the run
             head, tail = expected.split("<time>")
