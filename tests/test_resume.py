@@ -7,7 +7,6 @@ import csv
 import json
 import shlex
 import signal
-from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -39,32 +38,21 @@ def args(data_dir, splits):
 @pytest.fixture(scope="module")
 def uninterrupted(args, tmp_path_factory):
     """The run directory of each method's uninterrupted run (made once per module)."""
-    started: dict[str, tuple[Path, Future]] = {}
-    pool = ThreadPoolExecutor(max_workers=2)
-
-    def start(method: str) -> None:
-        """Start the method's uninterrupted run in the background (it runs beside the test's own runs)."""
-        if method not in started:
-            run_dir = tmp_path_factory.mktemp(f"whole_{method}")
-            started[method] = run_dir, pool.submit(run_cli, "train.py", *args(method, run_dir))
+    done: dict[str, Path] = {}
 
     def run(method: str) -> Path:
-        start(method)
-        run_dir, future = started[method]
-        if not getattr(future, "checked", False):
-            result = future.result()
+        if method not in done:
+            run_dir = tmp_path_factory.mktemp(f"whole_{method}")
+            result = run_cli("train.py", *args(method, run_dir))
             assert result.returncode == 0, result.stderr[-3000:]
             # The epoch-end checkpoint (written during validation) points at the start of the next epoch.
             last = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
             assert last["train_steps"] == 2 * STEPS_PER_EPOCH
             assert last["SemiSegDataModule"] == {"epoch": 2, "batches": 0}
             assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["best.ckpt", "last.ckpt"]
-            future.checked = True
-        return run_dir
-
-    run.start = start
-    yield run
-    pool.shutdown(wait=True)
+            done[method] = run_dir
+        return done[method]
+    return run
 
 
 def _final(run_dir: Path) -> tuple[dict, dict]:
@@ -98,7 +86,6 @@ def _wall_seconds(checkpoint: dict) -> float:
 
 @pytest.mark.parametrize("method", ["supervised", "daw", "dssn", "ddfp"])
 def test_killed_mid_epoch_and_resumed_ends_bit_identical(args, uninterrupted, tmp_path, method):
-    uninterrupted.start(method)
     run_dir = tmp_path / "stopped"
     last = run_dir / "checkpoints" / "last.ckpt"
     kill_train_when(last, *args(method, run_dir))  # SIGKILL once step 4's checkpoint exists
@@ -116,7 +103,6 @@ def test_killed_mid_epoch_and_resumed_ends_bit_identical(args, uninterrupted, tm
 @pytest.mark.parametrize(("method", "sig", "code"), [("daw", signal.SIGTERM, 143), ("supervised", signal.SIGINT, 130)])
 def test_a_signal_saves_a_checkpoint_and_the_printed_command_resumes_bit_identical(args, uninterrupted, tmp_path,
                                                                                    method, sig, code):
-    uninterrupted.start(method)
     run_dir = tmp_path / "stopped"
     last = run_dir / "checkpoints" / "last.ckpt"
     wandb = {"WANDB_MODE": "offline"}  # both parts log to W&B too (offline: into the run directory)
