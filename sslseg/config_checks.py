@@ -18,15 +18,14 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import InterpolationResolutionError, MissingMandatoryValue
 
-from sslseg.errors import UserError
-
-
-def _positive_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+from sslseg.errors import UserError, one_line
 
 
 def _int_at_least(low: int):
     return lambda value: isinstance(value, int) and not isinstance(value, bool) and value >= low
+
+
+_positive_int = _int_at_least(1)
 
 
 def _positive_number(value: Any) -> bool:
@@ -125,7 +124,7 @@ class RunChecks(Callback):
 
                 resume_checkpoint(config, output.absolute())
         except UserError as exc:
-            print(f"error: {exc}", file=sys.stderr, flush=True)
+            print(f"error: {one_line(exc)}", file=sys.stderr, flush=True)
             raise SystemExit(2) from None  # Hydra reports an Exception with its traceback; SystemExit passes
 
 
