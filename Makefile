@@ -15,7 +15,7 @@ INSTALLED := $(ENV_DIR)/.sslseg-installed
 export HYDRA_FULL_ERROR = 1
 export NO_ALBUMENTATIONS_UPDATE = 1
 
-.PHONY: help install test test-fast lint format train eval bench clean
+.PHONY: help install test test-fast lint format train eval bench gpu-check clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/\t/'
@@ -49,6 +49,9 @@ train: $(INSTALLED)  ## the default job: DAW on the procedural toy set, CPU-size
 
 bench: $(INSTALLED)  ## training-step / data / inference benchmark (see README)
 	$(PYTHON) -m sslseg.bench
+
+gpu-check: $(INSTALLED)  ## the GPU check, docs/gpu.md (DRY=1: every section on the CPU at tiny sizes, < 3 min)
+	$(PYTHON) -m sslseg.gpu_check $(if $(DRY),--dry)
 
 clean:  ## caches (keeps data/, outputs/ and .venv/)
 	rm -rf .pytest_cache .ruff_cache **/__pycache__

@@ -35,6 +35,7 @@ def test_fast_path_loss_matches_fp32(method):
     assert fast != plain  # the fast path did run in bf16
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 @pytest.mark.parametrize("method", ["supervised", "unimatch", "dssn"])
 def test_fast_path_on_cuda_matches_fp32(method):

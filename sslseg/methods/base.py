@@ -120,12 +120,13 @@ class SemiSegModule(pl.LightningModule):
         perf = self.cfg.get("perf", {})
         setting = perf.get("channels_last", "auto")
         self.channels_last = self.device.type == "cuda" if setting == "auto" else bool(setting)
+        compile_with = perf.get("compile", False)  # true (inductor) or a torch.compile backend's name
         for net in self.networks().values():
             if self.channels_last:
                 net.to(memory_format=torch.channels_last)
-            if perf.get("compile", False) and not self._compiled:
-                net.compile()
-        self._compiled = self._compiled or bool(perf.get("compile", False))
+            if compile_with and not self._compiled:
+                net.compile(**({"backend": compile_with} if isinstance(compile_with, str) else {}))
+        self._compiled = self._compiled or bool(compile_with)
 
     def on_fit_start(self) -> None:
         self._apply_perf()

@@ -1,0 +1,738 @@
+"""The GPU check: `make gpu-check` (`python -m sslseg.gpu_check`), and its CPU dry run `make gpu-check DRY=1`.
+
+One command that measures, on a CUDA device, what a lease of a few minutes can tell:
+
+  tests      the tests marked `gpu` (CUDA-only: the fast path against fp32 on the device);
+  steps      the training step of every method at its published network, crop and global batch, in fp32,
+             bf16 and bf16 + channels_last (and fp16 with a grad scaler where the release used it): ms per
+             step, pairs/s, FLOPs (torch's counter), achieved TFLOP/s and the share of the device's dense
+             bf16 peak, peak memory, and the host synchronisations of one step;
+  compile    the UniMatch step compiled (torch.compile of the segmentor), bf16 + channels_last;
+  pipeline   the training loaders (all streams, the recipe's workers and more) on a generated Pascal-like
+             tree, in steps/s, against the fastest step's consumption;
+  inference  whole-image and sliding-window prediction (Cityscapes 1024 x 2048, window 801);
+  curves     300 UniMatch steps on the generated tree in fp32 and in bf16 from the same seed: both loss
+             curves and their largest relative gap.
+
+Each section runs in its own process under its own time limit, so a slow or hung section cannot take
+the others' time; a section writes its rows as it measures them, so one stopped at its limit keeps
+what it measured and says where it stopped. The report is <out>/gpu.md and <out>/gpu.json.
+
+The dry run (`--dry`) runs every section on the CPU at tiny sizes (tiny networks, crop 64, a few steps),
+so that the real run cannot fail on a typo. It writes to outputs/gpu-check-dry/ by default, never over
+docs/gpu.md, which holds the last real run's figures.
+
+    python -m sslseg.gpu_check                        # on a CUDA machine: docs/gpu.md, docs/gpu.json
+    python -m sslseg.gpu_check --dry                  # on any machine, < 3 minutes
+    python -m sslseg.gpu_check --sections steps,curves --out /tmp/check
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import gc
+import json
+import math
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+from collections import Counter
+from pathlib import Path
+
+SECTIONS = ("tests", "steps", "compile", "pipeline", "inference", "curves")
+# Seconds per section on a GPU (8 minutes in all) and in the dry run (under 3 minutes on 2 CPU cores).
+LIMITS = {"tests": 45, "steps": 170, "compile": 75, "pipeline": 30, "inference": 30, "curves": 130}
+DRY_LIMITS = {"tests": 40, "steps": 50, "compile": 25, "pipeline": 20, "inference": 15, "curves": 25}
+GRACE_SECONDS = 10  # past its limit a section's process is killed; it stops starting new work before that
+ROOT = Path(__file__).resolve().parents[1]
+
+# Dense (no sparsity) bf16 tensor-core peaks in TFLOP/s, from NVIDIA's datasheets; matched by substring of
+# torch.cuda.get_device_name(), first match wins. A device missing here gets no share-of-peak column.
+DENSE_BF16_PEAK_TFLOPS = (
+    ("H200", 989.4), ("H100 PCIe", 756.0), ("H100 NVL", 835.0), ("H100", 989.4), ("GH200", 989.4),
+    ("A100", 312.0), ("L40S", 362.1), ("L40", 181.0), ("L4", 121.0), ("A10G", 70.0), ("A10", 125.0),
+    ("RTX 4090", 165.2), ("RTX 6000 Ada", 364.2), ("RTX A6000", 154.8), ("RTX 3090", 71.0),
+)
+
+# The training step of every method at its published setting: (row, config overrides, precisions beyond
+# fp32/bf16/bf16+channels_last, streams, description). The presets carry network, crop and global batch.
+STEP_CASES = (
+    ("unimatch", ["experiment=unimatch_pascal"], (), None, "UniMatch, Pascal: R101 DeepLabV3+, crop 321, 8 + 8"),
+    ("supervised", ["method=supervised", "dataset=pascal", "data.global_batch_size=8"], (), None,
+     "supervised, Pascal: R101 DeepLabV3+, crop 321, 8"),
+    ("fixmatch", ["experiment=fixmatch_pascal"], (), None, "FixMatch, Pascal: R101 DeepLabV3+, crop 321, 8 + 8"),
+    ("daw", ["experiment=daw_pascal"], (), None, "DAW, Pascal: R101 DeepLabV3+, crop 513, 8 + 8"),
+    ("dssn", ["experiment=dssn_pascal"], (), None, "DSSN, Pascal: R101 DeepLabV3+, crop 513, 8 + 8"),
+    # The full step of epochs >= 2 (flow-perturbed), not the supervised epoch 0.
+    ("ddfp", ["experiment=ddfp_pascal", "method.sup_only_epochs=0", "method.flow_start_epoch=-1",
+              "method.teacher.copy_epochs=0"], ("fp16",), None,
+     "DDFP, Pascal: U2PL R101 DeepLabV3+ + flow, crop 513, 16 + 16"),
+    # A round >= 1 step: a labeled and a pseudo-labelled batch, each its own forward.
+    ("dars", ["experiment=dars_cityscapes"], (), ("labeled", "pseudo"),
+     "DARS round step, Cityscapes: PSPNet-50, crop 713, 8 + 8"),
+    # Stage 1 (cross training of two networks), the release's 5 + 5 images per step.
+    ("pct", ["experiment=pct_pascal", "data.global_batch_size=5"], ("fp16",), None,
+     "PCT cross step, Pascal: two R101 DeepLabV3+ (OS8), crop 384, 5 + 5"),
+    ("unimatch_xception", ["experiment=unimatch_coco"], (), None,
+     "UniMatch, COCO: Xception-65 DeepLabV3+, crop 513, 8 + 8"),
+)
+PRECISIONS = {  # row label: (Lightning precision, channels_last)
+    "fp32": ("32-true", False), "bf16": ("bf16-mixed", False), "bf16+cl": ("bf16-mixed", True),
+    "fp16": ("16-mixed", False),
+}
+DRY_NETWORKS = {"pspnet": "pspnet_tiny", "u2pl_deeplabv3plus": "u2pl_deeplabv3plus_tiny"}
+
+
+# -- sizes ---------------------------------------------------------------------------------------------
+class Sizes:
+    """What the sections measure at: the published sizes on a GPU, tiny ones in the dry run."""
+
+    def __init__(self, dry: bool):
+        self.dry = dry
+        self.warmup, self.steps = (1, 2) if dry else (3, 8)
+        self.curve_steps = 6 if dry else 300
+        self.pipeline_batches = 4 if dry else 40
+        self.inference_repeats = 1 if dry else 5
+        self.whole_size = (96, 128) if dry else (375, 500)  # a typical VOC image
+        self.sliding_size, self.window = ((192, 384), 64) if dry else ((1024, 2048), 801)
+        self.workers = (0, 2) if dry else None  # None: the recipe's, then 8
+        self.images = 24 if dry else 240  # the generated Pascal-like tree
+
+    def overrides(self, case_overrides: list[str], cfg_model: str | None = None) -> list[str]:
+        base = ["backbone.pretrained=null"]  # no weight files on the device: random init, same speed
+        if not self.dry:
+            return [*case_overrides, *base]
+        tiny = ["backbone=tiny", f"model={DRY_NETWORKS.get(cfg_model, 'deeplabv3plus_tiny')}",
+                "dataset.crop_size=64", "data.global_batch_size=2"]
+        return [*case_overrides, *base, *tiny]
+
+
+def compose(overrides: list[str], sizes: Sizes):
+    from sslseg.cli import compose_config
+
+    if not sizes.dry:
+        return compose_config(sizes.overrides(overrides))
+    family = str(compose_config(overrides).model.name)  # the tiny decoder of the case's decoder family
+    return compose_config(sizes.overrides(overrides, family))
+
+
+def per_step_batch(cfg) -> int:
+    return int(cfg.data.global_batch_size or cfg.data.batch_size)
+
+
+# -- results written as they are measured --------------------------------------------------------------
+class Recorder:
+    """A section's JSON, rewritten after every row, so that a section killed at its limit keeps its rows."""
+
+    def __init__(self, path: Path, deadline: float):
+        self.path, self.deadline = path, deadline
+        self.data: dict = {"rows": [], "notes": []}
+
+    def time_left(self) -> float:
+        return self.deadline - time.time()
+
+    def add(self, row: dict) -> None:
+        self.data["rows"].append(row)
+        self.save()
+
+    def note(self, text: str) -> None:
+        self.data["notes"].append(text)
+        self.save()
+
+    def save(self) -> None:
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.data, indent=2, default=float) + "\n")
+        tmp.replace(self.path)
+
+
+# -- a few training steps through Lightning --------------------------------------------------------------
+class RepeatedBatch:
+    """The same (device-resident) batch, `n` times: the step alone, without the loaders."""
+
+    def __init__(self, batch: dict, n: int):
+        self.batch, self.n = batch, n
+
+    def __iter__(self):
+        return (self.batch for _ in range(self.n))
+
+    def __len__(self) -> int:
+        return self.n
+
+
+def _sync() -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+class StepProbe:
+    """A Lightning callback: times steps [warmup, warmup + steps), then counts one more step's FLOPs and,
+    on CUDA, the host synchronisations it makes (torch's sync debug mode, by Python call site)."""
+
+    def __new__(cls, *args, **kwargs):  # a Callback subclass, built lazily so that importing this is cheap
+        import lightning.pytorch as pl
+
+        class _Probe(pl.Callback):
+            def __init__(self, warmup: int, steps: int):
+                self.warmup, self.steps = warmup, steps
+                self.seconds = self.flops = None
+                self.syncs: Counter = Counter()
+
+            def on_train_batch_start(self, trainer, module, batch, batch_idx):
+                if batch_idx == self.warmup:
+                    _sync()
+                    self._start = time.perf_counter()
+                elif batch_idx == self.warmup + self.steps:
+                    self._probe(True)
+
+            def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+                if batch_idx == self.warmup + self.steps - 1:
+                    _sync()
+                    self.seconds = (time.perf_counter() - self._start) / self.steps
+                elif batch_idx == self.warmup + self.steps:
+                    self._probe(False)
+
+            def _probe(self, start: bool) -> None:
+                import torch
+                from torch.utils.flop_counter import FlopCounterMode
+
+                if start:
+                    self._counter = FlopCounterMode(display=False)
+                    self._catcher = warnings.catch_warnings(record=True)
+                    self._caught = self._catcher.__enter__()
+                    warnings.simplefilter("always")
+                    if torch.cuda.is_available():
+                        torch.cuda.set_sync_debug_mode("warn")
+                    self._counter.__enter__()
+                    return
+                self._counter.__exit__(None, None, None)
+                if torch.cuda.is_available():
+                    torch.cuda.set_sync_debug_mode("default")
+                self._catcher.__exit__(None, None, None)
+                self.flops = self._counter.get_total_flops()
+                for w in self._caught:
+                    if "synchroniz" in str(w.message):
+                        self.syncs[f"{Path(w.filename).name}:{w.lineno}"] += 1
+
+        return _Probe(*args, **kwargs)
+
+
+def run_steps(module, batch: dict, precision: str, warmup: int, steps: int, probed: bool = True) -> dict:
+    """warmup + steps timed steps, then one probed step (FLOPs, host syncs) unless `probed` is false (a
+    compiled network: a dispatch mode would make it recompile), of `module` on `batch` through a Trainer."""
+    import lightning.pytorch as pl
+    import torch
+
+    probe = StepProbe(warmup, steps)
+    total = warmup + steps + int(probed)
+    trainer = pl.Trainer(accelerator="auto", devices=1, precision=precision, max_steps=total, max_epochs=1,
+                         logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                         enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=0,
+                         benchmark=True, callbacks=[probe])
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # Lightning's advice on loaders and logging: not what is measured
+        trainer.fit(module, train_dataloaders=RepeatedBatch(batch, total))
+    peak = torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None
+    return {"seconds": probe.seconds, "flops": probe.flops, "peak_mem_gib": peak,
+            "host_syncs": sum(probe.syncs.values()) if torch.cuda.is_available() else None,
+            "sync_sites": dict(probe.syncs.most_common(5))}
+
+
+def synthetic_batch(streams, batch: int, crop: int, num_classes: int, device) -> dict:
+    """A batch of every stream a method reads, uint8 images and masks as the loaders deliver them."""
+    import torch
+
+    gen = torch.Generator().manual_seed(0)
+    img = lambda: torch.randint(0, 256, (batch, 3, crop, crop), dtype=torch.uint8, generator=gen).to(device)
+    mask = lambda: torch.randint(0, num_classes, (batch, crop, crop), generator=gen).to(device)
+    tags = lambda: (torch.rand(batch, num_classes, generator=gen) > 0.7).to(device)
+    box = lambda: (torch.rand(batch, crop, crop, generator=gen) > 0.7).to(torch.uint8).to(device)
+    out = {}
+    for name in streams:
+        if name in ("labeled", "pseudo"):
+            out[name] = {"image": img(), "mask": mask(), "tags": tags()}
+        elif name == "tagged":
+            out[name] = {"image": img(), "mask": mask(), "tags": tags(),
+                         "has_mask": torch.zeros(batch, dtype=torch.bool, device=device)}
+        else:  # unlabeled, mix
+            out[name] = {"weak": img(), "strong1": img(), "strong2": img(), "box1": box(), "box2": box(),
+                         "ignore": torch.zeros(batch, crop, crop, dtype=torch.long, device=device)}
+    return out
+
+
+def peak_tflops(device_name: str) -> float | None:
+    return next((peak for key, peak in DENSE_BF16_PEAK_TFLOPS if key in device_name), None)
+
+
+# -- the sections -------------------------------------------------------------------------------------------
+def section_tests(rec: Recorder, sizes: Sizes) -> None:
+    tests = ROOT / "tests"
+    if not tests.is_dir():
+        rec.note(f"no tests folder at {tests}: run from a checkout")
+        return
+    cmd = [sys.executable, "-m", "pytest", "-q", "-m", "gpu", "-p", "no:cacheprovider", "-o", "addopts=",
+           str(tests)]
+    started = time.perf_counter()
+    try:
+        done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=max(5, rec.time_left() - 3))
+        lines = [line for line in done.stdout.strip().splitlines() if line.strip()]
+        rec.add({"command": "pytest -m gpu tests", "exit_code": done.returncode,
+                 "summary": lines[-1] if lines else "", "seconds": time.perf_counter() - started,
+                 "failures": [line for line in lines if line.startswith(("FAILED", "ERROR"))][:10]})
+    except subprocess.TimeoutExpired:
+        rec.add({"command": "pytest -m gpu tests", "exit_code": None, "summary": "stopped at the section's limit",
+                 "seconds": time.perf_counter() - started, "failures": []})
+
+
+def section_steps(rec: Recorder, sizes: Sizes, compiled: bool = False) -> None:
+    import torch
+
+    from sslseg.experiment import method_class
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True  # sslseg's matmul_precision
+    peak = peak_tflops(torch.cuda.get_device_name()) if device.type == "cuda" else None
+    cases = STEP_CASES[:1] if compiled else STEP_CASES
+    for name, overrides, extra, streams, description in cases:
+        # The dry run compiles with the eager backend: the same path through torch.compile without inductor's
+        # minute of C++ compilation on a CPU.
+        compile_with = ("eager" if sizes.dry else True) if compiled else False
+        cfg = compose(overrides, sizes)
+        cls = method_class(cfg)
+        torch.manual_seed(0)
+        template = cls(cfg, load_pretrained=False)
+        batch_size, crop = per_step_batch(cfg), int(cfg.dataset.crop_size)
+        batch = synthetic_batch(streams or cls.data_streams(cfg.method), batch_size, crop,
+                                template.num_classes, device)
+        precisions = ["bf16+cl"] if compiled else ["fp32", "bf16", "bf16+cl", *extra]
+        flops = None
+        for label in precisions:
+            row = {"case": name, "description": description, "precision": label, "batch": batch_size, "crop": crop,
+                   "backbone": str(cfg.backbone.name), "decoder": str(cfg.model.name)}
+            if rec.time_left() < (8 if sizes.dry else 60 if compiled else 8):
+                rec.add(row | {"skipped": "the section's time limit"})
+                continue
+            precision, channels_last = PRECISIONS[label]
+            if precision == "16-mixed" and device.type != "cuda":
+                rec.add(row | {"skipped": "fp16 autocast with a grad scaler needs CUDA"})
+                continue
+            module = copy.deepcopy(template)
+            module.cfg.perf = {"channels_last": channels_last, "compile": compile_with, "matmul_precision": "high"}
+            warmup = sizes.warmup + (2 if compiled else 0)  # compiled: the first steps compile
+            try:
+                m = run_steps(module, batch, precision, warmup, sizes.steps, probed=not compiled)
+            except torch.cuda.OutOfMemoryError:
+                rec.add(row | {"skipped": "out of memory"})
+                continue
+            except Exception as e:  # one broken case must not cost the others their measurement
+                rec.add(row | {"skipped": f"failed: {type(e).__name__}: {str(e)[:300]}"})
+                continue
+            finally:
+                del module
+                gc.collect()  # the trainer's reference cycles hold the last case's tensors
+                if device.type == "cuda":
+                    torch.cuda.empty_cache()
+            flops = m["flops"] or flops
+            tflops = flops / m["seconds"] / 1e12 if flops else None
+            rec.add(row | {"step_ms": m["seconds"] * 1e3, "pairs_per_s": batch_size / m["seconds"],
+                           "gflop_per_step": flops / 1e9 if flops else None, "tflops": tflops,
+                           "share_of_bf16_peak": tflops / peak if (tflops and peak) else None,
+                           "peak_mem_gib": m["peak_mem_gib"], "host_syncs": m["host_syncs"],
+                           "sync_sites": m["sync_sites"]})
+
+
+def section_compile(rec: Recorder, sizes: Sizes) -> None:
+    section_steps(rec, sizes, compiled=True)
+
+
+def make_pascal_like(root: Path, images: int, dry: bool) -> Path:
+    """A Pascal-layout tree of smooth random images (VOC's sizes: 500 x 375 or 375 x 500; 96 x 128 dry) with
+    21-class masks of random boxes, and split `gen` (1/8 labeled). Written once per folder."""
+    import cv2
+    import numpy as np
+
+    done = root / ".complete"
+    if done.is_file():
+        return root
+    rng = np.random.default_rng(0)
+    (root / "JPEGImages").mkdir(parents=True, exist_ok=True)
+    (root / "SegmentationClass").mkdir(parents=True, exist_ok=True)
+    lines = []
+    for i in range(images):
+        h, w = ((96, 128) if dry else (375, 500))[:: (1 if i % 3 else -1)]
+        small = rng.integers(0, 256, (h // 16 + 1, w // 16 + 1, 3), dtype=np.uint8)
+        image = cv2.resize(small, (w, h), interpolation=cv2.INTER_CUBIC)
+        image = np.clip(image.astype(np.int16) + rng.integers(-12, 13, image.shape), 0, 255).astype(np.uint8)
+        mask = np.zeros((h, w), np.uint8)
+        for _ in range(3):
+            y, x = rng.integers(0, h // 2), rng.integers(0, w // 2)
+            mask[y : y + h // 3, x : x + w // 3] = rng.integers(1, 21)
+        stem = f"gen_{i:05d}"
+        cv2.imwrite(str(root / "JPEGImages" / f"{stem}.jpg"), image, [cv2.IMWRITE_JPEG_QUALITY, 90])
+        cv2.imwrite(str(root / "SegmentationClass" / f"{stem}.png"), mask)
+        lines.append(f"JPEGImages/{stem}.jpg SegmentationClass/{stem}.png")
+    split = root / "splits" / "gen"
+    split.mkdir(parents=True, exist_ok=True)
+    labeled = max(2, images // 8)
+    (split / "labeled.txt").write_text("\n".join(lines[:labeled]) + "\n")
+    (split / "unlabeled.txt").write_text("\n".join(lines[labeled:]) + "\n")
+    (root / "splits" / "val.txt").write_text("\n".join(lines[: max(2, images // 12)]) + "\n")
+    done.touch()
+    return root
+
+
+def tree_overrides(root: Path) -> list[str]:
+    return [f"paths.data_root={root}", f"dataset.splits_dir={root / 'splits'}", "split=gen"]
+
+
+def section_pipeline(rec: Recorder, sizes: Sizes, tree: Path) -> None:
+    from sslseg.experiment import build_datamodule, method_class
+
+    cfg = compose(["experiment=unimatch_pascal", *tree_overrides(tree)], sizes)
+    cls = method_class(cfg)
+    recipe_workers = int(cfg.data.num_workers)
+    for workers in sizes.workers or (recipe_workers, 8):
+        if rec.time_left() < 5:
+            rec.add({"workers": workers, "skipped": "the section's time limit"})
+            continue
+        cfg.data.num_workers = workers
+        dm = build_datamodule(cfg, cls.data_streams(cfg.method), split="gen")
+        dm.prepare_data()
+        dm.setup("fit")
+        it = iter(dm.train_dataloader())
+        next(it)  # worker start-up is not throughput
+        start, n = time.perf_counter(), 0
+        for _ in range(sizes.pipeline_batches):
+            try:
+                next(it)
+            except StopIteration:
+                it = iter(dm.train_dataloader())
+                next(it)
+            n += 1
+            if rec.time_left() < 2:
+                break
+        seconds = time.perf_counter() - start
+        rec.add({"workers": workers, "recipe_workers": recipe_workers, "steps_per_s": n / seconds,
+                 "batch": per_step_batch(cfg), "crop": int(cfg.dataset.crop_size), "streams": list(dm.streams),
+                 "batches": n, "cpu_count": os.cpu_count()})
+        del it
+
+
+def section_inference(rec: Recorder, sizes: Sizes) -> None:
+    import torch
+
+    from sslseg.bench import inference_throughput
+    from sslseg.experiment import method_class
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    torch.backends.cudnn.benchmark = True
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    runs = (("whole", ["experiment=unimatch_pascal"], sizes.whole_size),
+            ("sliding", ["experiment=unimatch_cityscapes"], sizes.sliding_size))
+    for mode, overrides, size in runs:
+        cfg = compose(overrides, sizes)
+        module = method_class(cfg)(cfg, load_pretrained=False).to(device)
+        module.cfg.perf = {"channels_last": device.type == "cuda", "compile": False}
+        module._apply_perf()
+        for bf16 in (False, True):
+            row = {"mode": mode, "size": list(size), "window": sizes.window if mode == "sliding" else None,
+                   "precision": "bf16" if bf16 else "fp32", "backbone": str(cfg.backbone.name)}
+            if rec.time_left() < 4:
+                rec.add(row | {"skipped": "the section's time limit"})
+                continue
+            try:
+                ips = inference_throughput(module, device, size, mode, sizes.window, bf16, sizes.inference_repeats)
+            except Exception as e:  # noqa: BLE001 - recorded, and the next row still runs
+                rec.add(row | {"skipped": f"failed: {type(e).__name__}: {str(e)[:300]}"})
+                continue
+            rec.add(row | {"images_per_s": ips, "ms_per_image": 1e3 / ips})
+
+
+def section_curves(rec: Recorder, sizes: Sizes, tree: Path) -> None:
+    import lightning.pytorch as pl
+    import torch
+
+    from sslseg.experiment import build_datamodule, method_class
+
+    device_gpu = torch.cuda.is_available()
+    workers = min(8, (os.cpu_count() or 3) // 3) if device_gpu else 0  # per stream: 3 streams
+    curves = {}
+    for label, precision in (("fp32", "32-true"), ("bf16", "bf16-mixed")):
+        cfg = compose(["experiment=unimatch_pascal", *tree_overrides(tree), f"data.num_workers={workers}",
+                       "data.persistent_workers=false"], sizes)
+        cls = method_class(cfg)
+        pl.seed_everything(0, workers=True, verbose=False)
+        module = cls(cfg, load_pretrained=False)
+        dm = build_datamodule(cfg, cls.data_streams(cfg.method), split="gen")
+        budget = rec.time_left() / (2 if label == "fp32" else 1) - 3
+        recorder = LossCurve(time.time() + budget)
+        trainer = pl.Trainer(accelerator="auto", devices=1, precision=precision, max_steps=sizes.curve_steps,
+                             max_epochs=-1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                             enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=0,
+                             benchmark=True, callbacks=[recorder])
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            trainer.fit(module, datamodule=dm)
+        curves[label] = [float(v) for v in torch.stack(recorder.losses).cpu()] if recorder.losses else []
+        rec.data["curves"] = curves
+        rec.save()
+    n = min(len(c) for c in curves.values())
+    if n == 0:
+        rec.note("no step completed")
+        return
+    fp32, bf16 = curves["fp32"][:n], curves["bf16"][:n]
+    gaps = [abs(b - a) / abs(a) for a, b in zip(fp32, bf16)]
+    window = max(1, min(20, n // 5))
+    smooth = lambda c: [sum(c[i : i + window]) / window for i in range(n - window + 1)]
+    smooth_gaps = [abs(b - a) / abs(a) for a, b in zip(smooth(fp32), smooth(bf16))]
+    rec.add({"steps_compared": n, "steps_asked": sizes.curve_steps, "max_relative_gap": max(gaps),
+             "max_relative_gap_at_step": gaps.index(max(gaps)), "first_step_relative_gap": gaps[0],
+             "smoothing_window": window, "max_relative_gap_smoothed": max(smooth_gaps),
+             "final_loss_fp32": fp32[-1], "final_loss_bf16": bf16[-1],
+             "mean_last_20_fp32": sum(fp32[-20:]) / len(fp32[-20:]),
+             "mean_last_20_bf16": sum(bf16[-20:]) / len(bf16[-20:])})
+
+
+class LossCurve:
+    """A Lightning callback keeping every step's loss (on the device: no sync per step); stops the fit at
+    the deadline so that the run after it keeps its time."""
+
+    def __new__(cls, deadline: float):
+        import lightning.pytorch as pl
+
+        class _Curve(pl.Callback):
+            def __init__(self):
+                self.losses = []
+
+            def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+                loss = outputs["loss"] if isinstance(outputs, dict) else outputs
+                self.losses.append(loss.detach().float())
+                if time.time() > deadline:
+                    trainer.should_stop = True
+
+        return _Curve()
+
+
+def run_section(name: str, result: Path, deadline: float, dry: bool, work: Path) -> None:
+    rec = Recorder(result, deadline)
+    rec.save()
+    sizes = Sizes(dry)
+    os.environ.setdefault("WANDB_MODE", "disabled")
+    if name in ("pipeline", "curves"):
+        tree = make_pascal_like(work / "pascal_like", sizes.images, dry)
+        {"pipeline": section_pipeline, "curves": section_curves}[name](rec, sizes, tree)
+    else:
+        {"tests": section_tests, "steps": section_steps, "compile": section_compile,
+         "inference": section_inference}[name](rec, sizes)
+
+
+# -- the run and its report ---------------------------------------------------------------------------------
+def environment() -> dict:
+    import torch
+
+    env = {"torch": torch.__version__, "cuda": torch.version.cuda, "python": platform.python_version(),
+           "host": platform.node(), "cpu_count": os.cpu_count(),
+           "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+    if torch.cuda.is_available():
+        env["device"] = torch.cuda.get_device_name()
+        env["cudnn"] = torch.backends.cudnn.version()
+        env["memory_gib"] = round(torch.cuda.get_device_properties(0).total_memory / 2**30, 1)
+        env["dense_bf16_peak_tflops"] = peak_tflops(env["device"])
+        try:
+            env["driver"] = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+                                           capture_output=True, text=True, timeout=10).stdout.strip() or None
+        except (OSError, subprocess.SubprocessError):
+            env["driver"] = None
+    else:
+        env["device"] = f"CPU ({platform.machine()}, {torch.get_num_threads()} threads)"
+    return env
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = argparse.ArgumentParser(description="sslseg GPU check (docs/gpu.md)")
+    p.add_argument("--dry", action="store_true", help="every section on the CPU at tiny sizes (< 3 minutes)")
+    p.add_argument("--out", default=None, help="report folder (default docs/, dry run outputs/gpu-check-dry/)")
+    p.add_argument("--sections", default=",".join(SECTIONS), help=f"comma-separated, of {','.join(SECTIONS)}")
+    p.add_argument("--limit-scale", type=float, default=1.0, help="multiply every section's time limit")
+    p.add_argument("--run-section", default=None, help=argparse.SUPPRESS)  # a section's own process
+    p.add_argument("--result", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--deadline", type=float, default=None, help=argparse.SUPPRESS)
+    p.add_argument("--work", default=None, help=argparse.SUPPRESS)
+    a = p.parse_args(argv)
+    if a.run_section:
+        run_section(a.run_section, Path(a.result), a.deadline, a.dry, Path(a.work))
+        return {}
+
+    import torch
+
+    sections = [s.strip() for s in a.sections.split(",") if s.strip()]
+    unknown = set(sections) - set(SECTIONS)
+    if unknown:
+        raise SystemExit(f"--sections: unknown {sorted(unknown)}; known: {', '.join(SECTIONS)}")
+    if not a.dry and not torch.cuda.is_available():
+        raise SystemExit("gpu_check: no CUDA device here; `make gpu-check DRY=1` runs every section on the CPU")
+    out = Path(a.out or ("outputs/gpu-check-dry" if a.dry else ROOT / "docs"))
+    out.mkdir(parents=True, exist_ok=True)
+    limits = DRY_LIMITS if a.dry else LIMITS
+    report = {"environment": environment(), "dry": a.dry, "sections": {},
+              "command": "python -m sslseg.gpu_check" + (" --dry" if a.dry else "")}
+    started = time.time()
+    with tempfile.TemporaryDirectory(prefix="sslseg-gpu-check-") as work:
+        for name in sections:
+            limit = limits[name] * a.limit_scale
+            result = Path(work) / f"{name}.json"
+            t0 = time.time()
+            print(f"[gpu-check] {name} (limit {limit:.0f} s) ...", flush=True)
+            cmd = [sys.executable, "-m", "sslseg.gpu_check", "--run-section", name, "--result", str(result),
+                   "--deadline", str(t0 + limit), "--work", work, *(["--dry"] if a.dry else [])]
+            status = "ok"
+            try:
+                done = subprocess.run(cmd, cwd=ROOT, timeout=limit + GRACE_SECONDS, capture_output=True, text=True,
+                                      env=os.environ | {"PYTHONPATH": os.pathsep.join(
+                                          filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))})
+                if done.returncode != 0:
+                    status = f"failed (exit {done.returncode}): " + (done.stderr.strip().splitlines() or [""])[-1]
+                    print(done.stderr[-3000:], file=sys.stderr)
+            except subprocess.TimeoutExpired:
+                status = "killed at its time limit"
+            data = json.loads(result.read_text()) if result.is_file() else {"rows": [], "notes": []}
+            data |= {"status": status, "seconds": round(time.time() - t0, 1), "limit_seconds": limit}
+            report["sections"][name] = data
+            print(f"[gpu-check] {name}: {status}, {data['seconds']:.0f} s", flush=True)
+    report["total_seconds"] = round(time.time() - started, 1)
+    (out / "gpu.json").write_text(json.dumps(report, indent=2, default=float) + "\n")
+    (out / "gpu.md").write_text(markdown(report))
+    print(f"[gpu-check] {report['total_seconds']:.0f} s in all; report: {out / 'gpu.md'} and {out / 'gpu.json'}")
+    return report
+
+
+# -- the report --------------------------------------------------------------------------------------------
+def _f(value, fmt: str = ".1f") -> str:
+    return "–" if value is None or (isinstance(value, float) and math.isnan(value)) else format(value, fmt)
+
+
+def _head(name: str, data: dict, title: str) -> list[str]:
+    lines = ["", f"## {title}", "", f"Section `{name}`: {data['status']}, {data['seconds']:.0f} s "
+             f"(limit {data['limit_seconds']:.0f} s)."]
+    lines += [f"Note: {n}" for n in data.get("notes", [])]
+    return lines + [""]
+
+
+def fastest(report: dict, case: str) -> dict | None:
+    rows = [r for r in report["sections"].get("steps", {}).get("rows", []) if r.get("case") == case and "step_ms" in r]
+    return min(rows, key=lambda r: r["step_ms"]) if rows else None
+
+
+def markdown(report: dict) -> str:
+    env, s = report["environment"], report["sections"]
+    lines = [f"# GPU check{' (dry run: CPU, tiny sizes; not figures)' if report['dry'] else ''}", "",
+             f"Measured by `{report['command']}` on {env['date']}, {report['total_seconds']:.0f} s in all.", "",
+             f"- device: {env['device']}" + (f", {env['memory_gib']} GiB" if env.get("memory_gib") else ""),
+             f"- driver {env.get('driver') or '–'}, torch {env['torch']}, CUDA {env.get('cuda') or '–'}, "
+             f"cuDNN {env.get('cudnn') or '–'}, Python {env['python']}, {env['cpu_count']} CPU cores",
+             f"- dense bf16 peak used for the share column: {_f(env.get('dense_bf16_peak_tflops'), '.0f')} TFLOP/s "
+             "(NVIDIA datasheet)",
+             "- networks are randomly initialised (no weight files needed); the step's speed does not depend on "
+             "the weights. fp32 runs with TF32 matmuls and convolutions (sslseg's `perf.matmul_precision=high`)."]
+    if "tests" in s:
+        lines += _head("tests", s["tests"], "1. CUDA tests")
+        for r in s["tests"]["rows"]:
+            lines.append(f"`{r['command']}`: exit {r['exit_code']}, {r['summary']}")
+            lines += [f"- {f}" for f in r["failures"]]
+    for name, title in (("steps", "2. Training steps"), ("compile", "2b. Compiled UniMatch step")):
+        if name not in s:
+            continue
+        lines += _head(name, s[name], title)
+        lines += ["| case | network, crop, batch | precision | step (ms) | pairs/s | GFLOP/step | TFLOP/s | "
+                  "share of bf16 peak | peak mem (GiB) | host syncs/step |", "|" + "---|" * 10]
+        for r in s[name]["rows"]:
+            if name == "compile" and r.get("step_ms") and not r.get("gflop_per_step"):
+                counted = [q for q in s.get("steps", {}).get("rows", []) if q.get("case") == r["case"]
+                           and q.get("gflop_per_step")]  # a compiled step is not counted: the eager one's FLOPs
+                if counted:
+                    r["gflop_per_step"] = counted[0]["gflop_per_step"]
+                    r["tflops"] = r["gflop_per_step"] / r["step_ms"]
+                    peak = env.get("dense_bf16_peak_tflops")
+                    r["share_of_bf16_peak"] = r["tflops"] / peak if peak else None
+            net = f"{r['backbone']} {r['decoder']}, {r['crop']}, {r['batch']}"
+            if "skipped" in r:
+                lines.append(f"| {r['case']} | {net} | {r['precision']} | skipped: {r['skipped']} ||||||")
+                continue
+            share = f"{100 * r['share_of_bf16_peak']:.1f}%" if r.get("share_of_bf16_peak") else "–"
+            lines.append(f"| {r['case']} | {net} | {r['precision']} | {r['step_ms']:.1f} | {r['pairs_per_s']:.1f} | "
+                         f"{_f(r['gflop_per_step'], '.0f')} | {_f(r['tflops'], '.1f')} | {share} | "
+                         f"{_f(r['peak_mem_gib'])} | {_f(r['host_syncs'], 'd')} |")
+        speedups = []
+        for case in dict.fromkeys(r["case"] for r in s[name]["rows"]):
+            by = {r["precision"]: r["step_ms"] for r in s[name]["rows"] if r["case"] == case and "step_ms" in r}
+            if "fp32" in by and len(by) > 1:
+                faster = (f"{p} {by['fp32'] / v:.2f}x" for p, v in by.items() if p != "fp32")
+                speedups.append(f"{case} " + ", ".join(faster))
+        if speedups:
+            lines += ["", "Speed-up over fp32: " + "; ".join(speedups) + "."]
+        if name == "compile":
+            eager = {r["precision"]: r["step_ms"] for r in s.get("steps", {}).get("rows", [])
+                     if r.get("case") == "unimatch" and "step_ms" in r}
+            for r in s[name]["rows"]:
+                if "step_ms" in r and eager.get(r["precision"]):
+                    same, fp32 = eager[r["precision"]] / r["step_ms"], eager.get("fp32", math.nan) / r["step_ms"]
+                    lines += ["", f"Compiled against eager ({r['precision']}): {same:.2f}x; against eager fp32: "
+                              f"{fp32:.2f}x."]
+        sites = Counter()
+        for r in s[name]["rows"]:
+            sites.update(r.get("sync_sites") or {})
+        if sites:
+            lines += ["", "Host synchronisations seen (call site: count over the probed steps): "
+                      + ", ".join(f"`{k}` {v}" for k, v in sites.most_common(8)) + "."]
+    if "pipeline" in s:
+        lines += _head("pipeline", s["pipeline"], "3. Data pipeline (UniMatch Pascal recipe's loaders)")
+        best = fastest(report, "unimatch")
+        need = 1e3 / best["step_ms"] if best else None
+        lines += ["| workers | streams | batch, crop | steps/s delivered | fastest UniMatch step needs (steps/s) |",
+                  "|---|---|---|---|---|"]
+        for r in s["pipeline"]["rows"]:
+            if "skipped" in r:
+                lines.append(f"| {r['workers']} | skipped: {r['skipped']} ||||")
+                continue
+            lines.append(f"| {r['workers']}{' (recipe)' if r['workers'] == r['recipe_workers'] else ''} | "
+                         f"{'+'.join(r['streams'])} | {r['batch']}, {r['crop']} | {r['steps_per_s']:.2f} | "
+                         f"{_f(need, '.2f')} |")
+    if "inference" in s:
+        lines += _head("inference", s["inference"], "4. Inference (R101 DeepLabV3+, channels_last)")
+        lines += ["| mode | image | precision | ms/image | images/s |", "|---|---|---|---|---|"]
+        for r in s["inference"]["rows"]:
+            what = f"{r['size'][0]}x{r['size'][1]}" + (f", window {r['window']}" if r["window"] else "")
+            if "skipped" in r:
+                lines.append(f"| {r['mode']} | {what} | {r['precision']} | skipped: {r['skipped']} ||")
+                continue
+            lines.append(f"| {r['mode']} | {what} | {r['precision']} | {r['ms_per_image']:.1f} | "
+                         f"{r['images_per_s']:.2f} |")
+    if "curves" in s:
+        lines += _head("curves", s["curves"], "5. fp32 against bf16: UniMatch loss curves from one seed")
+        for r in s["curves"]["rows"]:
+            lines += [f"{r['steps_compared']} of {r['steps_asked']} steps compared. Largest relative gap of the "
+                      f"per-step losses: {100 * r['max_relative_gap']:.1f}% (step {r['max_relative_gap_at_step']}); "
+                      f"at step 0: {100 * r['first_step_relative_gap']:.2f}%; of the {r['smoothing_window']}-step "
+                      f"moving averages: {100 * r['max_relative_gap_smoothed']:.1f}%. Mean of the last 20 losses: "
+                      f"fp32 {r['mean_last_20_fp32']:.4f}, bf16 {r['mean_last_20_bf16']:.4f}."]
+        curves = s["curves"].get("curves", {})
+        if curves:
+            lines += ["", "Loss every 25 steps:", "", "| step | " + " | ".join(curves) + " |",
+                      "|---|" + "---|" * len(curves)]
+            n = max(len(c) for c in curves.values())
+            for i in sorted(set(range(0, n, 25)) | {n - 1}):
+                lines.append(f"| {i} | " + " | ".join(_f(c[i] if i < len(c) else None, ".4f") for c in curves.values())
+                             + " |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    main()
