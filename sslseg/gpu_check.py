@@ -30,6 +30,7 @@ docs/gpu.md, which holds the last real run's figures.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import gc
 import json
@@ -46,8 +47,8 @@ from pathlib import Path
 
 SECTIONS = ("tests", "steps", "compile", "pipeline", "inference", "curves")
 # Seconds per section on a GPU (8 minutes in all) and in the dry run (under 3 minutes on 2 CPU cores).
-LIMITS = {"tests": 45, "steps": 170, "compile": 75, "pipeline": 30, "inference": 30, "curves": 130}
-DRY_LIMITS = {"tests": 40, "steps": 50, "compile": 25, "pipeline": 20, "inference": 15, "curves": 25}
+LIMITS = {"tests": 30, "steps": 200, "compile": 60, "pipeline": 25, "inference": 25, "curves": 120}
+DRY_LIMITS = {"tests": 40, "steps": 50, "compile": 40, "pipeline": 20, "inference": 15, "curves": 25}
 GRACE_SECONDS = 10  # past its limit a section's process is killed; it stops starting new work before that
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -172,16 +173,18 @@ def _sync() -> None:
 
 
 class StepProbe:
-    """A Lightning callback: times steps [warmup, warmup + steps), then counts one more step's FLOPs and,
-    on CUDA, the host synchronisations it makes (torch's sync debug mode, by Python call site)."""
+    """A Lightning callback: times steps [warmup, warmup + steps), then probes one more step: its FLOPs
+    (when `count_flops`), and on CUDA the host synchronisations it makes (torch's sync debug mode, by
+    Python call site) and its kernels' total time (torch's profiler), whose ratio to the timed step is
+    the share of the step the GPU is busy: far below 1, the step waits on the host (launch-bound)."""
 
     def __new__(cls, *args, **kwargs):  # a Callback subclass, built lazily so that importing this is cheap
         import lightning.pytorch as pl
 
         class _Probe(pl.Callback):
-            def __init__(self, warmup: int, steps: int):
-                self.warmup, self.steps = warmup, steps
-                self.seconds = self.flops = None
+            def __init__(self, warmup: int, steps: int, count_flops: bool):
+                self.warmup, self.steps, self.count_flops = warmup, steps, count_flops
+                self.seconds = self.flops = self.kernel_seconds = None
                 self.syncs: Counter = Counter()
 
             def on_train_batch_start(self, trainer, module, batch, batch_idx):
@@ -202,20 +205,29 @@ class StepProbe:
                 import torch
                 from torch.utils.flop_counter import FlopCounterMode
 
+                cuda = torch.cuda.is_available()
                 if start:
-                    self._counter = FlopCounterMode(display=False)
+                    self._counter = FlopCounterMode(display=False) if self.count_flops else contextlib.nullcontext()
+                    self._profiler = (torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA])
+                                      if cuda else contextlib.nullcontext())
                     self._catcher = warnings.catch_warnings(record=True)
                     self._caught = self._catcher.__enter__()
                     warnings.simplefilter("always")
-                    if torch.cuda.is_available():
+                    if cuda:
                         torch.cuda.set_sync_debug_mode("warn")
+                    self._profiler.__enter__()
                     self._counter.__enter__()
                     return
                 self._counter.__exit__(None, None, None)
-                if torch.cuda.is_available():
+                if cuda:
+                    torch.cuda.synchronize()
                     torch.cuda.set_sync_debug_mode("default")
+                self._profiler.__exit__(None, None, None)
                 self._catcher.__exit__(None, None, None)
-                self.flops = self._counter.get_total_flops()
+                if self.count_flops:
+                    self.flops = self._counter.get_total_flops()
+                if cuda:
+                    self.kernel_seconds = sum(e.self_device_time_total for e in self._profiler.key_averages()) / 1e6
                 for w in self._caught:
                     if "synchroniz" in str(w.message):
                         self.syncs[f"{Path(w.filename).name}:{w.lineno}"] += 1
@@ -223,13 +235,15 @@ class StepProbe:
         return _Probe(*args, **kwargs)
 
 
-def run_steps(module, batch: dict, precision: str, warmup: int, steps: int, probed: bool = True) -> dict:
-    """warmup + steps timed steps, then one probed step (FLOPs, host syncs) unless `probed` is false (a
-    compiled network: a dispatch mode would make it recompile), of `module` on `batch` through a Trainer."""
+def run_steps(module, batch: dict, precision: str, warmup: int, steps: int, probed: bool = True,
+              count_flops: bool = True) -> dict:
+    """warmup + steps timed steps, then one probed step (FLOPs, host syncs, kernel time) unless `probed` is
+    false (a compiled network: a dispatch mode would make it recompile), of `module` on `batch` through a
+    Lightning Trainer."""
     import lightning.pytorch as pl
     import torch
 
-    probe = StepProbe(warmup, steps)
+    probe = StepProbe(warmup, steps, count_flops)
     total = warmup + steps + int(probed)
     trainer = pl.Trainer(accelerator="auto", devices=1, precision=precision, max_steps=total, max_epochs=1,
                          logger=False, enable_checkpointing=False, enable_progress_bar=False,
@@ -242,6 +256,7 @@ def run_steps(module, batch: dict, precision: str, warmup: int, steps: int, prob
         trainer.fit(module, train_dataloaders=RepeatedBatch(batch, total))
     peak = torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None
     return {"seconds": probe.seconds, "flops": probe.flops, "peak_mem_gib": peak,
+            "kernel_seconds": probe.kernel_seconds,
             "host_syncs": sum(probe.syncs.values()) if torch.cuda.is_available() else None,
             "sync_sites": dict(probe.syncs.most_common(5))}
 
@@ -278,8 +293,8 @@ def section_tests(rec: Recorder, sizes: Sizes) -> None:
     if not tests.is_dir():
         rec.note(f"no tests folder at {tests}: run from a checkout")
         return
-    cmd = [sys.executable, "-m", "pytest", "-q", "-m", "gpu", "-p", "no:cacheprovider", "-o", "addopts=",
-           str(tests)]
+    files = sorted(str(f) for f in tests.glob("test_*.py") if "mark.gpu" in f.read_text())  # collect only these
+    cmd = [sys.executable, "-m", "pytest", "-q", "-m", "gpu", "-p", "no:cacheprovider", "-o", "addopts=", *files]
     started = time.perf_counter()
     try:
         done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=max(5, rec.time_left() - 3))
@@ -317,7 +332,7 @@ def section_steps(rec: Recorder, sizes: Sizes, compiled: bool = False) -> None:
         for label in precisions:
             row = {"case": name, "description": description, "precision": label, "batch": batch_size, "crop": crop,
                    "backbone": str(cfg.backbone.name), "decoder": str(cfg.model.name)}
-            if rec.time_left() < (8 if sizes.dry else 60 if compiled else 8):
+            if rec.time_left() < (8 if sizes.dry else 25 if compiled else 8):
                 rec.add(row | {"skipped": "the section's time limit"})
                 continue
             precision, channels_last = PRECISIONS[label]
@@ -328,7 +343,8 @@ def section_steps(rec: Recorder, sizes: Sizes, compiled: bool = False) -> None:
             module.cfg.perf = {"channels_last": channels_last, "compile": compile_with, "matmul_precision": "high"}
             warmup = sizes.warmup + (2 if compiled else 0)  # compiled: the first steps compile
             try:
-                m = run_steps(module, batch, precision, warmup, sizes.steps, probed=not compiled)
+                m = run_steps(module, batch, precision, warmup, sizes.steps, probed=not compiled,
+                              count_flops=flops is None)  # the same FLOPs in every precision: counted once
             except torch.cuda.OutOfMemoryError:
                 rec.add(row | {"skipped": "out of memory"})
                 continue
@@ -346,6 +362,7 @@ def section_steps(rec: Recorder, sizes: Sizes, compiled: bool = False) -> None:
                            "gflop_per_step": flops / 1e9 if flops else None, "tflops": tflops,
                            "share_of_bf16_peak": tflops / peak if (tflops and peak) else None,
                            "peak_mem_gib": m["peak_mem_gib"], "host_syncs": m["host_syncs"],
+                           "gpu_busy": m["kernel_seconds"] / m["seconds"] if m["kernel_seconds"] else None,
                            "sync_sites": m["sync_sites"]})
 
 
@@ -562,6 +579,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--out", default=None, help="report folder (default docs/, dry run outputs/gpu-check-dry/)")
     p.add_argument("--sections", default=",".join(SECTIONS), help=f"comma-separated, of {','.join(SECTIONS)}")
     p.add_argument("--limit-scale", type=float, default=1.0, help="multiply every section's time limit")
+    p.add_argument("--keep", default=None, help="an earlier gpu.json: the sections not run now are taken from it")
     p.add_argument("--run-section", default=None, help=argparse.SUPPRESS)  # a section's own process
     p.add_argument("--result", default=None, help=argparse.SUPPRESS)
     p.add_argument("--deadline", type=float, default=None, help=argparse.SUPPRESS)
@@ -608,6 +626,15 @@ def main(argv: list[str] | None = None) -> dict:
             report["sections"][name] = data
             print(f"[gpu-check] {name}: {status}, {data['seconds']:.0f} s", flush=True)
     report["total_seconds"] = round(time.time() - started, 1)
+    if a.keep:  # the sections this run left out, as an earlier run on this device measured them
+        earlier = json.loads(Path(a.keep).read_text())
+        for name in SECTIONS:
+            if name not in report["sections"] and name in earlier["sections"]:
+                kept = earlier["sections"][name]
+                kept["from_run"] = kept.get("from_run") or f"{earlier['environment']['date']}, {earlier['command']}"
+                report["sections"][name] = kept
+        report["sections"] = {name: report["sections"][name] for name in SECTIONS if name in report["sections"]}
+        report["command"] += f" --sections {','.join(sections)} --keep {a.keep}"
     (out / "gpu.json").write_text(json.dumps(report, indent=2, default=float) + "\n")
     (out / "gpu.md").write_text(markdown(report))
     print(f"[gpu-check] {report['total_seconds']:.0f} s in all; report: {out / 'gpu.md'} and {out / 'gpu.json'}")
@@ -621,7 +648,8 @@ def _f(value, fmt: str = ".1f") -> str:
 
 def _head(name: str, data: dict, title: str) -> list[str]:
     lines = ["", f"## {title}", "", f"Section `{name}`: {data['status']}, {data['seconds']:.0f} s "
-             f"(limit {data['limit_seconds']:.0f} s)."]
+             f"(limit {data['limit_seconds']:.0f} s)" + (f"; measured by the run of {data['from_run']}."
+                                                         if data.get("from_run") else ".")]
     lines += [f"Note: {n}" for n in data.get("notes", [])]
     return lines + [""]
 
@@ -652,7 +680,7 @@ def markdown(report: dict) -> str:
             continue
         lines += _head(name, s[name], title)
         lines += ["| case | network, crop, batch | precision | step (ms) | pairs/s | GFLOP/step | TFLOP/s | "
-                  "share of bf16 peak | peak mem (GiB) | host syncs/step |", "|" + "---|" * 10]
+                  "share of bf16 peak | GPU busy | peak mem (GiB) | host syncs/step |", "|" + "---|" * 11]
         for r in s[name]["rows"]:
             if name == "compile" and r.get("step_ms") and not r.get("gflop_per_step"):
                 counted = [q for q in s.get("steps", {}).get("rows", []) if q.get("case") == r["case"]
@@ -664,11 +692,12 @@ def markdown(report: dict) -> str:
                     r["share_of_bf16_peak"] = r["tflops"] / peak if peak else None
             net = f"{r['backbone']} {r['decoder']}, {r['crop']}, {r['batch']}"
             if "skipped" in r:
-                lines.append(f"| {r['case']} | {net} | {r['precision']} | skipped: {r['skipped']} ||||||")
+                lines.append(f"| {r['case']} | {net} | {r['precision']} | skipped: {r['skipped']} |||||||")
                 continue
             share = f"{100 * r['share_of_bf16_peak']:.1f}%" if r.get("share_of_bf16_peak") else "–"
+            busy = f"{100 * r['gpu_busy']:.0f}%" if r.get("gpu_busy") else "–"
             lines.append(f"| {r['case']} | {net} | {r['precision']} | {r['step_ms']:.1f} | {r['pairs_per_s']:.1f} | "
-                         f"{_f(r['gflop_per_step'], '.0f')} | {_f(r['tflops'], '.1f')} | {share} | "
+                         f"{_f(r['gflop_per_step'], '.0f')} | {_f(r['tflops'], '.1f')} | {share} | {busy} | "
                          f"{_f(r['peak_mem_gib'])} | {_f(r['host_syncs'], 'd')} |")
         speedups = []
         for case in dict.fromkeys(r["case"] for r in s[name]["rows"]):
