@@ -45,10 +45,11 @@ import warnings
 from collections import Counter
 from pathlib import Path
 
-SECTIONS = ("tests", "steps", "compile", "pipeline", "inference", "curves")
+SECTIONS = ("tests", "steps", "compile", "profile", "pipeline", "inference", "curves")
 # Seconds per section on a GPU (8 minutes in all) and in the dry run (under 3 minutes on 2 CPU cores).
-LIMITS = {"tests": 30, "steps": 200, "compile": 60, "pipeline": 25, "inference": 25, "curves": 120}
-DRY_LIMITS = {"tests": 40, "steps": 50, "compile": 40, "pipeline": 20, "inference": 15, "curves": 25}
+LIMITS = {"tests": 20, "steps": 190, "compile": 90, "profile": 35, "pipeline": 20, "inference": 20, "curves": 105}
+DRY_LIMITS = {"tests": 30, "steps": 50, "compile": 40, "profile": 15, "pipeline": 15, "inference": 15,
+              "curves": 25}
 GRACE_SECONDS = 10  # past its limit a section's process is killed; it stops starting new work before that
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -95,7 +96,7 @@ class Sizes:
 
     def __init__(self, dry: bool):
         self.dry = dry
-        self.warmup, self.steps = (1, 2) if dry else (3, 8)
+        self.warmup, self.steps = (1, 1) if dry else (2, 6)  # cudnn's autotuning is done in the first step
         self.curve_steps = 6 if dry else 300
         self.pipeline_batches = 4 if dry else 40
         self.inference_repeats = 1 if dry else 5
@@ -174,16 +175,17 @@ def _sync() -> None:
 
 class StepProbe:
     """A Lightning callback: times steps [warmup, warmup + steps), then probes one more step: its FLOPs
-    (when `count_flops`), and on CUDA the host synchronisations it makes (torch's sync debug mode, by
-    Python call site) and its kernels' total time (torch's profiler), whose ratio to the timed step is
-    the share of the step the GPU is busy: far below 1, the step waits on the host (launch-bound)."""
+    (when `count_flops`), on CUDA the host synchronisations it makes (torch's sync debug mode, by Python
+    call site) and, when `profile_kernels`, its kernels' total time (torch's profiler). The profiler is
+    kept to a process of its own (section `profile`): once on, it slows every later step of the process."""
 
     def __new__(cls, *args, **kwargs):  # a Callback subclass, built lazily so that importing this is cheap
         import lightning.pytorch as pl
 
         class _Probe(pl.Callback):
-            def __init__(self, warmup: int, steps: int, count_flops: bool):
+            def __init__(self, warmup: int, steps: int, count_flops: bool, profile_kernels: bool):
                 self.warmup, self.steps, self.count_flops = warmup, steps, count_flops
+                self.profile_kernels = profile_kernels
                 self.seconds = self.flops = self.kernel_seconds = None
                 self.syncs: Counter = Counter()
 
@@ -209,7 +211,7 @@ class StepProbe:
                 if start:
                     self._counter = FlopCounterMode(display=False) if self.count_flops else contextlib.nullcontext()
                     self._profiler = (torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA])
-                                      if cuda else contextlib.nullcontext())
+                                      if cuda and self.profile_kernels else contextlib.nullcontext())
                     self._catcher = warnings.catch_warnings(record=True)
                     self._caught = self._catcher.__enter__()
                     warnings.simplefilter("always")
@@ -226,24 +228,25 @@ class StepProbe:
                 self._catcher.__exit__(None, None, None)
                 if self.count_flops:
                     self.flops = self._counter.get_total_flops()
-                if cuda:
+                if cuda and self.profile_kernels:
                     self.kernel_seconds = sum(e.self_device_time_total for e in self._profiler.key_averages()) / 1e6
                 for w in self._caught:
                     if "synchroniz" in str(w.message):
-                        self.syncs[f"{Path(w.filename).name}:{w.lineno}"] += 1
+                        where = Path(w.filename)
+                        self.syncs[f"{where.parent.name}/{where.name}:{w.lineno}"] += 1
 
         return _Probe(*args, **kwargs)
 
 
 def run_steps(module, batch: dict, precision: str, warmup: int, steps: int, probed: bool = True,
-              count_flops: bool = True) -> dict:
+              count_flops: bool = True, profile_kernels: bool = False) -> dict:
     """warmup + steps timed steps, then one probed step (FLOPs, host syncs, kernel time) unless `probed` is
     false (a compiled network: a dispatch mode would make it recompile), of `module` on `batch` through a
     Lightning Trainer."""
     import lightning.pytorch as pl
     import torch
 
-    probe = StepProbe(warmup, steps, count_flops)
+    probe = StepProbe(warmup, steps, count_flops, profile_kernels)
     total = warmup + steps + int(probed)
     trainer = pl.Trainer(accelerator="auto", devices=1, precision=precision, max_steps=total, max_epochs=1,
                          logger=False, enable_checkpointing=False, enable_progress_bar=False,
@@ -307,7 +310,12 @@ def section_tests(rec: Recorder, sizes: Sizes) -> None:
                  "seconds": time.perf_counter() - started, "failures": []})
 
 
-def section_steps(rec: Recorder, sizes: Sizes, compiled: bool = False) -> None:
+ALL_PRECISIONS = ("unimatch", "daw")  # the cases measured in plain bf16 too; the rest: fp32 and bf16 + channels_last
+
+
+def section_steps(rec: Recorder, sizes: Sizes, mode: str = "steps") -> None:
+    """mode steps: every case; compile: UniMatch compiled, bf16 + channels_last; profile: UniMatch's kernel
+    time per step in each precision (the GPU-busy share against the steps section's time)."""
     import torch
 
     from sslseg.experiment import method_class
@@ -315,11 +323,11 @@ def section_steps(rec: Recorder, sizes: Sizes, compiled: bool = False) -> None:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True  # sslseg's matmul_precision
     peak = peak_tflops(torch.cuda.get_device_name()) if device.type == "cuda" else None
-    cases = STEP_CASES[:1] if compiled else STEP_CASES
-    for name, overrides, extra, streams, description in cases:
-        # The dry run compiles with the eager backend: the same path through torch.compile without inductor's
-        # minute of C++ compilation on a CPU.
-        compile_with = ("eager" if sizes.dry else True) if compiled else False
+    # The dry run compiles with the eager backend: the same path through torch.compile without inductor's
+    # minute of C++ compilation on a CPU.
+    compile_with = ("eager" if sizes.dry else True) if mode == "compile" else False
+    margin = 8 if sizes.dry or mode != "compile" else 25  # seconds a row needs to be worth starting
+    for name, overrides, extra, streams, description in (STEP_CASES if mode == "steps" else STEP_CASES[:1]):
         cfg = compose(overrides, sizes)
         cls = method_class(cfg)
         torch.manual_seed(0)
@@ -327,12 +335,17 @@ def section_steps(rec: Recorder, sizes: Sizes, compiled: bool = False) -> None:
         batch_size, crop = per_step_batch(cfg), int(cfg.dataset.crop_size)
         batch = synthetic_batch(streams or cls.data_streams(cfg.method), batch_size, crop,
                                 template.num_classes, device)
-        precisions = ["bf16+cl"] if compiled else ["fp32", "bf16", "bf16+cl", *extra]
+        if mode == "compile":
+            precisions = ["bf16+cl"]
+        elif mode == "profile" or name in ALL_PRECISIONS:
+            precisions = ["fp32", "bf16", "bf16+cl", *extra]
+        else:
+            precisions = ["fp32", "bf16+cl", *extra]
         flops = None
         for label in precisions:
             row = {"case": name, "description": description, "precision": label, "batch": batch_size, "crop": crop,
                    "backbone": str(cfg.backbone.name), "decoder": str(cfg.model.name)}
-            if rec.time_left() < (8 if sizes.dry else 25 if compiled else 8):
+            if rec.time_left() < margin:
                 rec.add(row | {"skipped": "the section's time limit"})
                 continue
             precision, channels_last = PRECISIONS[label]
@@ -341,10 +354,11 @@ def section_steps(rec: Recorder, sizes: Sizes, compiled: bool = False) -> None:
                 continue
             module = copy.deepcopy(template)
             module.cfg.perf = {"channels_last": channels_last, "compile": compile_with, "matmul_precision": "high"}
-            warmup = sizes.warmup + (2 if compiled else 0)  # compiled: the first steps compile
+            warmup = sizes.warmup + (2 if mode == "compile" else 0)  # compiled: the first steps compile
             try:
-                m = run_steps(module, batch, precision, warmup, sizes.steps, probed=not compiled,
-                              count_flops=flops is None)  # the same FLOPs in every precision: counted once
+                m = run_steps(module, batch, precision, warmup, 1 if mode == "profile" else sizes.steps,
+                              probed=mode != "compile", count_flops=mode == "steps" and flops is None,
+                              profile_kernels=mode == "profile")  # FLOPs: the same in every precision
             except torch.cuda.OutOfMemoryError:
                 rec.add(row | {"skipped": "out of memory"})
                 continue
@@ -356,18 +370,25 @@ def section_steps(rec: Recorder, sizes: Sizes, compiled: bool = False) -> None:
                 gc.collect()  # the trainer's reference cycles hold the last case's tensors
                 if device.type == "cuda":
                     torch.cuda.empty_cache()
+            if mode == "profile":
+                kernel = m["kernel_seconds"]
+                rec.add(row | {"kernel_ms": kernel * 1e3 if kernel is not None else None})
+                continue
             flops = m["flops"] or flops
             tflops = flops / m["seconds"] / 1e12 if flops else None
             rec.add(row | {"step_ms": m["seconds"] * 1e3, "pairs_per_s": batch_size / m["seconds"],
                            "gflop_per_step": flops / 1e9 if flops else None, "tflops": tflops,
                            "share_of_bf16_peak": tflops / peak if (tflops and peak) else None,
                            "peak_mem_gib": m["peak_mem_gib"], "host_syncs": m["host_syncs"],
-                           "gpu_busy": m["kernel_seconds"] / m["seconds"] if m["kernel_seconds"] else None,
                            "sync_sites": m["sync_sites"]})
 
 
 def section_compile(rec: Recorder, sizes: Sizes) -> None:
-    section_steps(rec, sizes, compiled=True)
+    section_steps(rec, sizes, mode="compile")
+
+
+def section_profile(rec: Recorder, sizes: Sizes) -> None:
+    section_steps(rec, sizes, mode="profile")
 
 
 def make_pascal_like(root: Path, images: int, dry: bool) -> Path:
@@ -547,7 +568,7 @@ def run_section(name: str, result: Path, deadline: float, dry: bool, work: Path)
         tree = make_pascal_like(work / "pascal_like", sizes.images, dry)
         {"pipeline": section_pipeline, "curves": section_curves}[name](rec, sizes, tree)
     else:
-        {"tests": section_tests, "steps": section_steps, "compile": section_compile,
+        {"tests": section_tests, "steps": section_steps, "compile": section_compile, "profile": section_profile,
          "inference": section_inference}[name](rec, sizes)
 
 
@@ -580,6 +601,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--sections", default=",".join(SECTIONS), help=f"comma-separated, of {','.join(SECTIONS)}")
     p.add_argument("--limit-scale", type=float, default=1.0, help="multiply every section's time limit")
     p.add_argument("--keep", default=None, help="an earlier gpu.json: the sections not run now are taken from it")
+    p.add_argument("--render", default=None, metavar="GPU_JSON", help="only write gpu.md anew from a gpu.json")
     p.add_argument("--run-section", default=None, help=argparse.SUPPRESS)  # a section's own process
     p.add_argument("--result", default=None, help=argparse.SUPPRESS)
     p.add_argument("--deadline", type=float, default=None, help=argparse.SUPPRESS)
@@ -588,6 +610,10 @@ def main(argv: list[str] | None = None) -> dict:
     if a.run_section:
         run_section(a.run_section, Path(a.result), a.deadline, a.dry, Path(a.work))
         return {}
+    if a.render:
+        report = json.loads(Path(a.render).read_text())
+        Path(a.render).with_suffix(".md").write_text(markdown(report))
+        return report
 
     import torch
 
@@ -647,9 +673,9 @@ def _f(value, fmt: str = ".1f") -> str:
 
 
 def _head(name: str, data: dict, title: str) -> list[str]:
-    lines = ["", f"## {title}", "", f"Section `{name}`: {data['status']}, {data['seconds']:.0f} s "
-             f"(limit {data['limit_seconds']:.0f} s)" + (f"; measured by the run of {data['from_run']}."
-                                                         if data.get("from_run") else ".")]
+    timing = f", {data['seconds']:.0f} s (limit {data['limit_seconds']:.0f} s)" if "seconds" in data else ""
+    origin = f"; measured by the run of {data['from_run']}." if data.get("from_run") else "."
+    lines = ["", f"## {title}", "", f"Section `{name}`: {data['status']}{timing}{origin}"]
     lines += [f"Note: {n}" for n in data.get("notes", [])]
     return lines + [""]
 
@@ -675,6 +701,8 @@ def markdown(report: dict) -> str:
         for r in s["tests"]["rows"]:
             lines.append(f"`{r['command']}`: exit {r['exit_code']}, {r['summary']}")
             lines += [f"- {f}" for f in r["failures"]]
+    kernel_ms = {(r["case"], r["precision"]): r["kernel_ms"] for r in s.get("profile", {}).get("rows", [])
+                 if r.get("kernel_ms")}
     for name, title in (("steps", "2. Training steps"), ("compile", "2b. Compiled UniMatch step")):
         if name not in s:
             continue
@@ -695,7 +723,8 @@ def markdown(report: dict) -> str:
                 lines.append(f"| {r['case']} | {net} | {r['precision']} | skipped: {r['skipped']} |||||||")
                 continue
             share = f"{100 * r['share_of_bf16_peak']:.1f}%" if r.get("share_of_bf16_peak") else "–"
-            busy = f"{100 * r['gpu_busy']:.0f}%" if r.get("gpu_busy") else "–"
+            kernel = kernel_ms.get((r["case"], r["precision"])) if name == "steps" else None
+            busy = f"{100 * kernel / r['step_ms']:.0f}%" if kernel else "–"
             lines.append(f"| {r['case']} | {net} | {r['precision']} | {r['step_ms']:.1f} | {r['pairs_per_s']:.1f} | "
                          f"{_f(r['gflop_per_step'], '.0f')} | {_f(r['tflops'], '.1f')} | {share} | {busy} | "
                          f"{_f(r['peak_mem_gib'])} | {_f(r['host_syncs'], 'd')} |")
@@ -721,6 +750,19 @@ def markdown(report: dict) -> str:
         if sites:
             lines += ["", "Host synchronisations seen (call site: count over the probed steps): "
                       + ", ".join(f"`{k}` {v}" for k, v in sites.most_common(8)) + "."]
+    if "profile" in s:
+        lines += _head("profile", s["profile"], "2c. Where the UniMatch step's time goes")
+        lines += ["GPU busy = the step's kernel time (torch's profiler, one step, in a process of its own) over the "
+                  "steps section's step time. Far below 100%, the GPU waits on the host (Python, dispatch, launches).",
+                  "", "| case | precision | kernel time per step (ms) | step (ms) | GPU busy |", "|" + "---|" * 5]
+        steps = {(r["case"], r["precision"]): r.get("step_ms") for r in s.get("steps", {}).get("rows", [])}
+        for r in s["profile"]["rows"]:
+            if "skipped" in r:
+                lines.append(f"| {r['case']} | {r['precision']} | skipped: {r['skipped']} |||")
+                continue
+            step = steps.get((r["case"], r["precision"]))
+            busy = f"{100 * r['kernel_ms'] / step:.0f}%" if (step and r.get("kernel_ms")) else "–"
+            lines.append(f"| {r['case']} | {r['precision']} | {_f(r.get('kernel_ms'))} | {_f(step)} | {busy} |")
     if "pipeline" in s:
         lines += _head("pipeline", s["pipeline"], "3. Data pipeline (UniMatch Pascal recipe's loaders)")
         best = fastest(report, "unimatch")
