@@ -30,3 +30,27 @@ def test_unreadable_image_names_file(tmp_path):
     (tmp_path / "x.jpg").write_bytes(b"not a jpeg")
     with pytest.raises(UserError, match="cannot read image: .*x.jpg"):
         read_image(tmp_path / "x.jpg")
+
+
+def _smooth_image(h: int = 48, w: int = 64) -> np.ndarray:
+    y, x = np.mgrid[0:h, 0:w]
+    return np.stack([x * 4, y * 5, (x + y) * 2], axis=-1).astype(np.uint8)
+
+
+@pytest.mark.parametrize("suffix", [".jpg", ".png"])
+def test_truncated_image_is_refused(tmp_path, suffix):
+    """OpenCV decodes a truncated file into a partly grey image (libjpeg only warns on stderr); it must
+    not reach training or the mIoU."""
+    Image.fromarray(_smooth_image()).save(tmp_path / f"full{suffix}")
+    data = (tmp_path / f"full{suffix}").read_bytes()
+    (tmp_path / f"cut{suffix}").write_bytes(data[: len(data) * 2 // 3])
+    assert read_image(tmp_path / f"full{suffix}").shape == (48, 64, 3)
+    with pytest.raises(UserError, match=f"image file is truncated: .*cut{suffix}"):
+        read_image(tmp_path / f"cut{suffix}")
+
+
+def test_bytes_after_the_jpeg_end_marker_are_accepted(tmp_path):
+    """Some writers append data after the end marker; the image itself is complete."""
+    Image.fromarray(_smooth_image()).save(tmp_path / "a.jpg")
+    (tmp_path / "b.jpg").write_bytes((tmp_path / "a.jpg").read_bytes() + b"trailing metadata")
+    np.testing.assert_array_equal(read_image(tmp_path / "b.jpg"), read_image(tmp_path / "a.jpg"))

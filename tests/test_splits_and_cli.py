@@ -111,3 +111,22 @@ def test_id_only_lists_resolve_on_a_voc_folder(data_dir, tmp_path):
     (tmp_path / "bad.txt").write_text("2007_999999\n")
     with pytest.raises(UserError, match=r"bad.txt names a missing file: .*JPEGImages/2007_999999.jpg"):
         check_files_exist(read_split_file(tmp_path / "bad.txt", True), root, tmp_path / "bad.txt", with_masks=True)
+
+
+def test_a_repeated_image_in_a_split_is_refused(tmp_path):
+    from sslseg.data.splits import read_split_file
+
+    lst = tmp_path / "labeled.txt"
+    lst.write_text("JPEGImages/a.jpg SegmentationClass/a.png\nJPEGImages/b.jpg SegmentationClass/b.png\n"
+                   "JPEGImages/a.jpg SegmentationClass/a.png\n")
+    with pytest.raises(UserError, match=r"labeled.txt:3: JPEGImages/a.jpg is listed again \(first on line 1\)"):
+        read_split_file(lst, need_masks=True)
+
+
+def test_a_space_in_a_path_is_named(tmp_path):
+    from sslseg.data.splits import read_split_file
+
+    lst = tmp_path / "labeled.txt"
+    lst.write_text("JPEGImages/my image.jpg SegmentationClass/a.png\n")
+    with pytest.raises(UserError, match="a path may not contain one"):
+        read_split_file(lst, need_masks=True)

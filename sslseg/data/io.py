@@ -14,9 +14,40 @@ from sslseg.errors import UserError
 cv2.setNumThreads(0)  # DataLoader workers are the parallelism; OpenCV threads would oversubscribe
 
 
+JPEG_END, PNG_END = b"\xff\xd9", b"IEND\xaeB`\x82"
+
+
+def _ends_complete(data: np.ndarray) -> bool:
+    """Whether an encoded JPEG or PNG ends with its end marker (other formats: no check). OpenCV decodes
+    a truncated file into a partly grey image and says so on stderr only."""
+    head, tail = data[:8].tobytes(), data[-64:].tobytes().rstrip(b"\x00\n\r ")
+    if head.startswith(b"\xff\xd8"):
+        return tail.endswith(JPEG_END)
+    if head.startswith(b"\x89PNG"):
+        return tail.endswith(PNG_END)
+    return True
+
+
+def _decodes_completely(path: Path) -> bool:
+    """PIL's decoder reports a truncated file (the arbiter when the end marker is missing: some writers
+    append bytes after it)."""
+    try:
+        with Image.open(path) as img:
+            img.load()
+        return True
+    except OSError:
+        return False
+
+
 def read_image(path: str | Path) -> np.ndarray:
-    """RGB uint8 (H, W, 3)."""
-    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    """RGB uint8 (H, W, 3), decoded completely: a truncated file is refused, not half-grey."""
+    try:
+        data = np.fromfile(str(path), dtype=np.uint8)
+    except OSError as exc:
+        raise UserError(f"cannot read image: {path}") from exc
+    if data.size and not _ends_complete(data) and not _decodes_completely(Path(path)):
+        raise UserError(f"image file is truncated: {path}")
+    image = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
     if image is None:
         raise UserError(f"cannot read image: {path}")
     return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)

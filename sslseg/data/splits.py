@@ -94,7 +94,7 @@ def read_split_file(path: str | Path, need_masks: bool) -> list[Sample]:
     path = Path(path)
     if not path.is_file():
         raise UserError(f"split file not found: {path}")
-    samples = []
+    samples, first_line = [], {}
     for lineno, line in enumerate(path.read_text().splitlines(), start=1):
         fields = line.split()
         if not fields:
@@ -102,7 +102,12 @@ def read_split_file(path: str | Path, need_masks: bool) -> list[Sample]:
         sample = sample_from_id(fields[0]) if len(fields) == 1 else Sample(*fields[:2])
         if len(fields) > 2 or (need_masks and sample.mask is None):
             expected = "'<image> <mask>' or an image id" if need_masks else "'<image> [<mask>]' or an image id"
-            raise UserError(f"{path}:{lineno}: expected {expected}, got {line!r}")
+            spaces = " (fields are separated by spaces: a path may not contain one)" if len(fields) > 2 else ""
+            raise UserError(f"{path}:{lineno}: expected {expected}, got {line!r}{spaces}")
+        if sample.image in first_line:  # a repeated image would be drawn twice as often, silently
+            raise UserError(f"{path}:{lineno}: {sample.image} is listed again (first on line "
+                            f"{first_line[sample.image]}); a split lists each image once")
+        first_line[sample.image] = lineno
         samples.append(sample)
     if not samples:
         raise UserError(f"split file is empty: {path}")
