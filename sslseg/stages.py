@@ -29,6 +29,7 @@ import lightning.pytorch as pl
 import torch
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
+from PIL import Image
 from torch.utils.data import DataLoader
 
 from sslseg.checkpoint import read_checkpoint
@@ -127,7 +128,11 @@ def run_stages(cfg: DictConfig, cls, run_dir: Path) -> dict:
             if last_train is None:
                 raise UserError(f"method.stages.{name}: a generate stage needs a train stage before it")
             pseudo_list = stage_dir / LIST_NAME
-            if pseudo_list.is_file():
+            damaged = damaged_pseudo_labels(pseudo_list, Path(cfg.paths.data_root), int(cfg.dataset.num_classes))
+            if damaged:  # deleted or damaged after the stage ended: the same weights label them again
+                _say(f"stage {name}: {len(damaged)} damaged pseudo-label file(s), first {damaged[0]}; "
+                     "generating the stage again")
+            if pseudo_list.is_file() and not damaged:
                 _say(f"stage {name}: done, skipped")
             else:
                 _say(f"stage {name}: generating pseudo-labels")
@@ -136,6 +141,26 @@ def run_stages(cfg: DictConfig, cls, run_dir: Path) -> dict:
             summary[name] = stats["summary"] | {"wall_seconds": stats.get("wall_seconds", 0.0)}
     wall_seconds = round(sum(stage.get("wall_seconds", 0.0) for stage in summary.values()), 1)
     return results | {"run_dir": str(run_dir), "stages": summary, "wall_seconds": wall_seconds}
+
+
+def damaged_pseudo_labels(pseudo_list: Path, root: Path, num_classes: int) -> list[str]:
+    """The problems of a finished generate stage's files, checked as labels are before a stage trains on them:
+    each listed pseudo-label present and fully decodable, its image's size, values within the classes or 255."""
+    if not pseudo_list.is_file():
+        return []
+    problems = []
+    for sample in read_split_file(pseudo_list, need_masks=True):
+        label = pseudo_list.parent / sample.mask
+        try:
+            mask = read_mask(label, num_classes)  # a missing or truncated file is a UserError naming it
+            with Image.open(root / sample.image) as img:
+                width, height = img.size
+        except UserError as exc:
+            problems.append(str(exc))
+            continue
+        if mask.shape != (height, width):
+            problems.append(f"{label}: {mask.shape[1]}x{mask.shape[0]}, its image {width}x{height}")
+    return problems
 
 
 def generate(cfg: DictConfig, cls, out_dir: Path, weights: Path, stage: DictConfig) -> None:

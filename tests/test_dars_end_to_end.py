@@ -59,12 +59,19 @@ def test_dars_killed_in_round1_resumes_in_round1(data_dir, tmp_path):
     kill_train_when(checkpoint, *args)
     assert checkpoint.is_file() and not (run_dir / "round1" / "results.json").exists(), "not killed inside round 1"
     round0 = (run_dir / "round0" / "results.json").stat().st_mtime_ns
+    # Pseudo-labels damaged while the run was down: one deleted, one truncated.
+    labels = sorted((run_dir / "pseudo1" / "labels").rglob("*.png"))
+    labels[0].unlink()
+    labels[1].write_bytes(labels[1].read_bytes()[:40])
 
     second = run_cli("train.py", *args)
     assert second.returncode == 0, second.stderr[-3000:]
     lines = [line for line in second.stdout.splitlines() if line.startswith("stage ")]
-    assert lines[:3] == ["stage round0: done, skipped", "stage pseudo1: done, skipped",
-                         "stage round1: resuming (labeled, pseudo)"]
+    assert lines[0] == "stage round0: done, skipped"
+    assert lines[1].startswith(f"stage pseudo1: 2 damaged pseudo-label file(s), first cannot read mask: {labels[0]}")
+    assert lines[1].endswith("generating the stage again")
+    assert lines[2:4] == ["stage pseudo1: generating pseudo-labels", "stage round1: resuming (labeled, pseudo)"]
+    assert all(p.is_file() for p in labels)
     assert (run_dir / "round0" / "results.json").stat().st_mtime_ns == round0
     assert json.loads((run_dir / "results.json").read_text())["stages"]["round1"]["steps"] > 0
 
