@@ -10,7 +10,7 @@ from hydra.core.hydra_config import HydraConfig
 os.environ.setdefault("SSLSEG_ROOT", os.path.dirname(os.path.abspath(__file__)))
 
 from sslseg.cli import is_launcher_rank, quote_split_overrides  # noqa: E402
-from sslseg.config_checks import check_config  # noqa: E402
+from sslseg.config_checks import check_config, remove_refused_run_dir  # noqa: E402
 from sslseg.console_log import console_logged  # noqa: E402
 from sslseg.errors import exit_on_user_error  # noqa: E402
 
@@ -19,8 +19,14 @@ from sslseg.errors import exit_on_user_error  # noqa: E402
 def main(cfg) -> float:
     if not is_launcher_rank():  # a DDP child: its launcher logs the run's console
         return run(cfg)
-    with console_logged(Path(HydraConfig.get().runtime.output_dir) / "train.log"):
-        return run(cfg)
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    try:
+        with console_logged(run_dir / "train.log"):
+            return run(cfg)
+    except SystemExit as exc:
+        if exc.code == 2:  # refused on bad input: no empty run folder stays behind
+            remove_refused_run_dir(run_dir, Path(str(cfg.paths.output_dir)))
+        raise
 
 
 @exit_on_user_error
