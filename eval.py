@@ -8,12 +8,14 @@ import hydra
 os.environ.setdefault("SSLSEG_ROOT", os.path.dirname(os.path.abspath(__file__)))
 
 from sslseg.cli import quote_split_overrides  # noqa: E402
+from sslseg.console_log import quiet_third_party  # noqa: E402
 from sslseg.errors import exit_on_user_error  # noqa: E402
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="eval")
 @exit_on_user_error
 def main(cfg) -> None:
+    quiet_third_party()  # before the imports below (matplotlib logs its font cache's creation on import)
     from sslseg.evaluation import evaluate
 
     evaluate(cfg)
