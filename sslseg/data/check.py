@@ -123,7 +123,7 @@ def check_lists(root: Path, splits_dir: Path, split: str | None, num_classes: in
         except UserError as exc:
             report.add("split lists", str(exc))
             continue
-        report.notes.append(f"{path}: {len(samples)} images")
+        report.notes.append(f"{path}: {len(samples)} images listed")
         for lineno, sample in enumerate(samples[:limit] if limit else samples, start=1):
             image = root / sample.image
             if not image.is_file():
@@ -151,7 +151,7 @@ def check_weights(folder: Path, backbones: list[str], report: Report) -> None:
         if problem:
             report.add("malformed weight file", f"malformed weight file: {problem}")
         else:
-            report.notes.append(f"{path}: loads into backbone={name}")
+            report.notes.append(f"{path} loads into backbone={name}")
 
 
 def weights_problem(backbone: str, path: Path) -> str | None:
@@ -217,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
         backbones = [b.strip() for b in args.backbones.split(",") if b.strip()]
     check_weights(args.weights, backbones, report)
     for note in report.notes:
-        print(f"ok: {note}")
+        print(note)
     for line in report.lines():
         print(line)
     if report.problems:
