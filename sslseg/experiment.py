@@ -9,6 +9,7 @@ import shlex
 import signal
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import lightning.pytorch as pl
@@ -236,6 +237,8 @@ def fit(cfg: DictConfig, cls: type[SemiSegModule], out_dir: Path, ckpt_path: str
                      seed=int(cfg.seed), networks=module.evaluated_networks(), devices=describe_devices(trainer),
                      batch_line=batch_line, logger_lines=logger_lines(loggers), resume_line=resume_line(ckpt_path)))
     quiet_third_party()
+    if ckpt_path is not None:  # a resumed fit writes into its own checkpoints/ on purpose
+        warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
     bar = next((c for c in callbacks if isinstance(c, LossProgressBar)), None)
     try:
         trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
