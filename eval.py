@@ -1,4 +1,4 @@
-"""Evaluate a checkpoint: `python eval.py ckpt_path=outputs/.../best.ckpt dataset=pascal` (see README)."""
+"""Evaluate a checkpoint: `python eval.py ckpt_path=outputs/.../best.ckpt dataset=pascal` (see docs/running.md)."""
 
 import os
 import sys

@@ -1,4 +1,4 @@
-"""Train a method: `python train.py method=unimatch dataset=pascal split=1464` (see README)."""
+"""Train a method: `python train.py method=unimatch dataset=pascal split=1464` (see docs/running.md)."""
 
 import os
 import sys

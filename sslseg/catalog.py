@@ -27,8 +27,8 @@ METHOD_SOURCES = {
 }
 
 DATASET_SOURCES = {
-    "pascal": "Pascal VOC 2012 + SBD (10,582 train_aug, 1,449 val), 21 classes: host.robots.ox.ac.uk/pascal/VOC/voc2012 "
-              "and SBD's benchmark.tgz (docs/data.md)",
+    "pascal": "Pascal VOC 2012 + SBD (10,582 train_aug, 1,449 val), 21 classes: "
+              "host.robots.ox.ac.uk/pascal/VOC/voc2012 and SBD's benchmark.tgz (docs/data.md)",
     "cityscapes": "Cityscapes fine (2,975 train, 500 val), 19 classes: www.cityscapes-dataset.com (account needed)",
     "coco": "COCO 2017, 81 classes (UniMatch's masks): cocodataset.org",
     "toy": "procedural shapes, 6 classes, generated into data/toy on first use (sslseg/data/toy.py)",
@@ -92,7 +92,8 @@ def recipes(conf_dir: Path = CONF_DIR) -> list[tuple[str, str, str]]:
 
 def sections(conf_dir: Path = CONF_DIR) -> list[tuple[str, list[tuple[str, str]]]]:
     def described(folder: str, sources: dict[str, str]) -> list[tuple[str, str]]:
-        return [(stem, sources.get(stem) or header(conf_dir / folder / f"{stem}.yaml")) for stem in group(folder, conf_dir)]
+        return [(stem, sources.get(stem) or header(conf_dir / folder / f"{stem}.yaml"))
+                for stem in group(folder, conf_dir)]
 
     recipe_rows = [(f"{option}={stem}" if option == "experiment" else stem, text)
                    for option, stem, text in recipes(conf_dir)]

@@ -55,9 +55,9 @@ def test_data_check_names_each_problem_in_one_line(tmp_path, capsys):
     lines = capsys.readouterr().out.splitlines()
     assert code == 1
     missing = [line for line in lines if line.startswith("missing image:")]
-    assert missing == [f"missing image: {tmp_path / 'pascal' / 'JPEGImages' / 'b.jpg'} (listed in {splits / 'val.txt'})",
-                       f"missing image: {tmp_path / 'pascal' / 'JPEGImages' / 'b.jpg'} (listed in "
-                       f"{splits / '1' / 'unlabeled.txt'})"]
+    image = tmp_path / "pascal" / "JPEGImages" / "b.jpg"
+    assert missing == [f"missing image: {image} (listed in {splits / 'val.txt'})",
+                       f"missing image: {image} (listed in {splits / '1' / 'unlabeled.txt'})"]
     (wrong,) = [line for line in lines if line.startswith("wrong mask format:")]
     assert str(tmp_path / "pascal" / "SegmentationClass" / "a.png") in wrong and "mode RGB" in wrong
     (weight,) = [line for line in lines if line.startswith("missing weight file:")]

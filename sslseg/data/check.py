@@ -1,8 +1,8 @@
 """Check a dataset folder and a weights folder before a run: `python -m sslseg.data.check <data root>`.
 
     python -m sslseg.data.check data/pascal                      # layout, split lists, images, masks, weights
-    python -m sslseg.data.check data/cityscapes --split 1_16 --weights pretrained --backbones resnet101
-    python -m sslseg.data.check /data/mine                       # a dataset=custom folder (images/, masks/, classes.txt)
+    python -m sslseg.data.check data/cityscapes --split 1_16 --backbones resnet101
+    python -m sslseg.data.check /data/mine   # a dataset=custom folder (images/, masks/, classes.txt)
 
 It names every problem in one line: a listed image or mask that is missing, a mask that is not single-channel class
 ids (or has labels outside 0..K-1 other than 255, or another size than its image), a split folder that is missing,
@@ -124,7 +124,7 @@ def check_lists(root: Path, splits_dir: Path, split: str | None, num_classes: in
             report.add("split lists", str(exc))
             continue
         report.notes.append(f"{path}: {len(samples)} images listed")
-        for lineno, sample in enumerate(samples[:limit] if limit else samples, start=1):
+        for sample in samples[:limit] if limit else samples:
             image = root / sample.image
             if not image.is_file():
                 report.add("missing image", f"missing image: {image} (listed in {path})")

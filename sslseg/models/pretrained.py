@@ -73,8 +73,9 @@ def fetch_by_name(spec: str) -> dict[str, torch.Tensor]:
         try:
             return weights.get_state_dict(progress=False, check_hash=True)
         except Exception as exc:  # no network, a proxy, a corrupt cached file
-            raise UserError(f"{where}: cannot fetch {weights.url}: {str(exc).splitlines()[0] if str(exc) else exc.__class__.__name__} "
-                            "(download it by hand into pretrained/ and set backbone.pretrained=<file>)") from None
+            reason = str(exc).splitlines()[0] if str(exc) else exc.__class__.__name__
+            raise UserError(f"{where}: cannot fetch {weights.url}: {reason} (download it by hand into pretrained/ and "
+                            "set backbone.pretrained=<file>)") from None
     if library == "timm":
         try:
             import timm
