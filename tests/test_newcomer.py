@@ -179,6 +179,12 @@ def test_remove_refused_run_dir_keeps_what_is_not_its_own(tmp_path, monkeypatch)
     assert out.is_dir() and not list(out.iterdir())  # the empty parents up to paths.output_dir go too
 
 
+def test_help_is_a_page_not_a_config_dump():
+    run = run_cli("train.py", "--help")
+    assert run.returncode == 0 and len(run.stdout.splitlines()) <= 40
+    assert "python -m sslseg list" in run.stdout and "method: " in run.stdout
+
+
 def test_readme_links_every_docs_page():
     readme = (ROOT / "README.md").read_text()
     assert len(readme.splitlines()) <= 200
