@@ -133,8 +133,8 @@ class RunChecks(Callback):
 # The run directory Hydra is about to create for this run (None when it existed already: a resumed run's, or a
 # hydra.run.dir the user named). A run refused on bad input removes it again (remove_refused_run_dir).
 FRESH_RUN_DIR: Path | None = None
-# What a run writes before it reads its data: Hydra's configs, the console log, the lock.
-_STARTUP_FILES = {".hydra", "train.log", ".lock"}
+# What a run writes before it reads its data: Hydra's configs, the console log (eval.py: Hydra's log), the lock.
+_STARTUP_FILES = {".hydra", "train.log", "eval.log", ".lock"}
 
 
 def remove_refused_run_dir(run_dir: Path, output_dir: Path | None = None) -> bool:

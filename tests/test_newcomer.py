@@ -162,6 +162,26 @@ def test_a_refused_run_leaves_no_run_folder(tmp_path):
     assert not [p for p in (tmp_path / "out").rglob("*")], "a refused run left files"
 
 
+def test_a_refused_evaluation_leaves_no_run_folder(tmp_path):
+    run = run_cli("eval.py", f"ckpt_path={tmp_path / 'none.ckpt'}", f"paths.output_dir={tmp_path / 'out'}")
+    assert run.returncode == 2 and run.stderr.strip().startswith("error: checkpoint not found")
+    assert not [p for p in (tmp_path / "out").rglob("*")], "a refused evaluation left files"
+
+
+def test_custom_data_on_a_cpu_says_which_network_and_how_to_pick_a_small_one(monkeypatch):
+    from omegaconf import OmegaConf
+
+    from sslseg.experiment import cpu_note
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    cfg = OmegaConf.create({"dataset": {"name": "custom", "crop_size": 321}, "backbone": {"name": "resnet101"},
+                            "trainer": {"accelerator": "auto"}})
+    note = cpu_note(cfg)
+    assert "\n" not in note and "backbone=resnet101" in note and "backbone=tiny model=deeplabv3plus_tiny" in note
+    assert cpu_note(OmegaConf.merge(cfg, {"backbone": {"name": "tiny"}})) is None
+    assert cpu_note(OmegaConf.merge(cfg, {"dataset": {"name": "pascal"}})) is None
+
+
 def test_remove_refused_run_dir_keeps_what_is_not_its_own(tmp_path, monkeypatch):
     from sslseg import config_checks
 
