@@ -181,7 +181,7 @@ def cpu_note(cfg: DictConfig) -> str | None:
         return None
     return (f"note: dataset=custom trains backbone={cfg.backbone.name} at crop {cfg.dataset.crop_size}, sized for a "
             "GPU; on this CPU a step takes minutes and GBs of memory. A CPU-sized run: backbone=tiny "
-            "model=deeplabv3plus_tiny dataset.crop_size=64 (docs/data.md)")
+            "model=deeplabv3plus_tiny dataset.crop_size=48 (docs/data.md)")
 
 
 def describe_devices(trainer: pl.Trainer) -> str:
