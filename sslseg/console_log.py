@@ -76,7 +76,7 @@ def network_label(name: str) -> str:
 def reported_network(networks: tuple[str, ...]) -> str:
     """What the run's number will be: one network, or the better of several at each validation."""
     names = [network_label(n) for n in networks]
-    return names[0] if len(names) == 1 else f"the better of {' and '.join(names)} at each validation"
+    return f"the {names[0]}" if len(names) == 1 else f"the better of {' and '.join(names)} at each validation"
 
 
 def start_block(*, run_dir, method: str, dataset: str, split, seed: int, networks: tuple[str, ...],
