@@ -126,6 +126,7 @@ def test_torchvision_weights_by_name_through_the_weights_api(monkeypatch):
 BAR = re.compile(r"(\d+/\d+|\?)\s*\[|it/s\]|s/it\]")  # a tqdm line: "12/123 [00:01<...]"
 
 
+@pytest.mark.slow  # a command-line run (make test-fast skips it)
 def test_toy_run_prints_a_start_block_a_bar_and_a_result_block(data_dir, tmp_path):
     """Five steps with W&B as a user has it (offline: not logged in) and the progress bar on: at most 15 lines
     besides the bar, no warning, the reported network named, no .lock left, the start block first."""
@@ -155,6 +156,7 @@ def test_toy_run_prints_a_start_block_a_bar_and_a_result_block(data_dir, tmp_pat
     assert not (results_path.parent / ".lock").exists()
 
 
+@pytest.mark.slow  # a command-line run (make test-fast skips it)
 def test_a_refused_run_leaves_no_run_folder(tmp_path):
     run = run_cli("train.py", "dataset=pascal", f"paths.data_root={tmp_path / 'none'}",
                   f"paths.output_dir={tmp_path / 'out'}", "logger=csv")
@@ -162,6 +164,7 @@ def test_a_refused_run_leaves_no_run_folder(tmp_path):
     assert not [p for p in (tmp_path / "out").rglob("*")], "a refused run left files"
 
 
+@pytest.mark.slow  # a command-line run (make test-fast skips it)
 def test_a_refused_evaluation_leaves_no_run_folder(tmp_path):
     run = run_cli("eval.py", f"ckpt_path={tmp_path / 'none.ckpt'}", f"paths.output_dir={tmp_path / 'out'}")
     assert run.returncode == 2 and run.stderr.strip().startswith("error: checkpoint not found")
