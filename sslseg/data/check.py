@@ -25,10 +25,10 @@ NUM_CLASSES = {"pascal": 21, "cityscapes": 19, "coco": 81, "toy": 6}
 MARKERS = (("pascal", "JPEGImages"), ("cityscapes", "leftImg8bit"), ("coco", "train2017"))
 # The weight file each backbone config reads from the weights folder, and where it comes from (docs/data.md).
 WEIGHTS = {
-    "resnet101": ("resnet101.pth", "UniMatch's deep-stem ResNet-101 (Google Drive, docs/data.md)"),
-    "resnet50": ("resnet50.pth", "UniMatch's deep-stem ResNet-50 (Google Drive, docs/data.md)"),
-    "xception65": ("xception.pth", "UniMatch's Xception-65 (Google Drive, docs/data.md)"),
-    "resnet50_psp": ("resnet50_v2.pth", "semseg's initmodel/resnet50_v2.pth (docs/data.md)"),
+    "resnet101": ("resnet101.pth", "UniMatch's release, linked in docs/data.md"),
+    "resnet50": ("resnet50.pth", "UniMatch's release, linked in docs/data.md"),
+    "xception65": ("xception.pth", "UniMatch's release, linked in docs/data.md"),
+    "resnet50_psp": ("resnet50_v2.pth", "semseg's initmodel/, linked in docs/data.md"),
     "resnet101_deeplabv2": ("resnet101-5d3b4d8f.pth",
                             "https://download.pytorch.org/models/resnet101-5d3b4d8f.pth"),
 }
