@@ -1,5 +1,11 @@
-"""`<run dir>/train.log`: the run's console output (stdout and stderr), as the terminal finally shows it.
+"""What a run prints, and `<run dir>/train.log`, the run's console output as the terminal finally shows it.
 
+A run prints one start block (`start_block`: built here in one place, so that a line is added in one place), the
+progress bar (sslseg.loggers.LossProgressBar) and one result block (sslseg.experiment._report). Library warnings
+about what sslseg does on purpose are silenced where they arise (`quiet_third_party`, and the callbacks and loggers
+that cause them); other warnings still print.
+
+train.log:
 Lightning prints through its own logging handler and the methods print with print(), so Hydra's log file
 (which records Python logging only) stayed empty. The console streams are teed into the file instead. A
 progress bar redraws its line with carriage returns; the file keeps each line's last state, not every
