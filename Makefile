@@ -47,7 +47,7 @@ format: $(INSTALLED)  ## ruff autofix + format
 train: $(INSTALLED)  ## the default job: DAW on the procedural toy set, CPU-sized; installs first when needed
 	$(PYTHON) train.py
 
-bench: $(INSTALLED)  ## training-step / data / inference benchmark (see README)
+bench: $(INSTALLED)  ## training-step / data / inference benchmark (see docs/performance.md)
 	$(PYTHON) -m sslseg.bench
 
 gpu-check: $(INSTALLED)  ## the GPU check, docs/gpu.md (DRY=1: every section on the CPU at tiny sizes, < 3 min)

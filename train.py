@@ -1,4 +1,4 @@
-"""Train a method: `python train.py method=unimatch dataset=pascal split=1464` (see README)."""
+"""Train a method: `python train.py method=unimatch dataset=pascal split=1464` (see docs/running.md)."""
 
 import os
 import sys
@@ -10,8 +10,8 @@ from hydra.core.hydra_config import HydraConfig
 os.environ.setdefault("SSLSEG_ROOT", os.path.dirname(os.path.abspath(__file__)))
 
 from sslseg.cli import is_launcher_rank, quote_split_overrides  # noqa: E402
-from sslseg.config_checks import check_config  # noqa: E402
-from sslseg.console_log import console_logged  # noqa: E402
+from sslseg.config_checks import check_config, remove_refused_run_dir  # noqa: E402
+from sslseg.console_log import console_logged, quiet_third_party  # noqa: E402
 from sslseg.errors import exit_on_user_error  # noqa: E402
 
 
@@ -19,14 +19,21 @@ from sslseg.errors import exit_on_user_error  # noqa: E402
 def main(cfg) -> float:
     if not is_launcher_rank():  # a DDP child: its launcher logs the run's console
         return run(cfg)
-    with console_logged(Path(HydraConfig.get().runtime.output_dir) / "train.log"):
-        return run(cfg)
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    try:
+        with console_logged(run_dir / "train.log"):
+            return run(cfg)
+    except SystemExit as exc:
+        if exc.code == 2:  # refused on bad input: no empty run folder stays behind
+            remove_refused_run_dir(run_dir, Path(str(cfg.paths.output_dir)))
+        raise
 
 
 @exit_on_user_error
 def run(cfg) -> float:
     """Returns the best val mIoU: the objective a Hydra sweeper maximises (conf/hparams_search/)."""
     check_config(cfg)  # again per job: a sweep's overrides reach the jobs only
+    quiet_third_party()  # before the imports below (matplotlib logs its font cache's creation on import)
     from sslseg.experiment import train
 
     return float(train(cfg)["best_val_mIoU"])

@@ -9,7 +9,7 @@ Writes <out>/bench.json and <out>/bench.md and prints the table.
 
     python -m sslseg.bench                                   # CPU-sized defaults (tiny, crop 64, batch 8)
     python -m sslseg.bench --backbone resnet101 --crop 321 --batch 8 --methods unimatch,daw \\
-        --sliding-size 1024x2048 --window 801                # the GPU setting of the README
+        --sliding-size 1024x2048 --window 801                # the GPU setting of docs/performance.md
 """
 
 from __future__ import annotations

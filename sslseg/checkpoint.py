@@ -177,6 +177,16 @@ class RunCheckpoints(ModelCheckpoint):
         self._save_checkpoint(trainer, str(self.path))
         self.saved_at = steps
 
+    def _save_topk_checkpoint(self, trainer, monitor_candidates: dict) -> None:
+        # A fit that ends before its first validation (a short trainer.max_steps, debug runs) has no val/mIoU yet:
+        # no best.ckpt to write, and the run validates its final weights itself (experiment.fit). Lightning would
+        # warn "could not find the monitored key ... Did you call log()?", which reads like a bug; the outcome is
+        # the same without the warning. After a validation a missing key is still Lightning's error.
+        if self.monitor is not None and self.monitor not in monitor_candidates \
+                and not trainer.fit_loop.epoch_loop.val_loop._has_run:
+            return
+        super()._save_topk_checkpoint(trainer, monitor_candidates)
+
     def _save_checkpoint(self, trainer, filepath: str) -> None:
         """Write to a temporary file, then rename: a run killed while writing keeps the previous file."""
         partial = Path(filepath).with_name(f".{Path(filepath).name}.partial")

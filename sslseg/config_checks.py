@@ -115,9 +115,11 @@ class RunChecks(Callback):
         self._check(config, "hydra.sweep.dir")
 
     def _check(self, config: DictConfig, dir_key: str) -> None:
+        global FRESH_RUN_DIR
         try:
             check_config(config)
             output = Path(str(OmegaConf.select(config, dir_key)))
+            FRESH_RUN_DIR = None if dir_key != "hydra.run.dir" or output.exists() else output.absolute()
             check_writable(output, _output_option(config, dir_key))
             if self.resume and dir_key == "hydra.run.dir" and OmegaConf.select(config, "ckpt_path") is not None:
                 from sslseg.checkpoint import resume_checkpoint  # torch: only when resuming
@@ -126,6 +128,33 @@ class RunChecks(Callback):
         except UserError as exc:
             print(f"error: {one_line(exc)}", file=sys.stderr, flush=True)
             raise SystemExit(2) from None  # Hydra reports an Exception with its traceback; SystemExit passes
+
+
+# The run directory Hydra is about to create for this run (None when it existed already: a resumed run's, or a
+# hydra.run.dir the user named). A run refused on bad input removes it again (remove_refused_run_dir).
+FRESH_RUN_DIR: Path | None = None
+# What a run writes before it reads its data: Hydra's configs, the console log (eval.py: Hydra's log), the lock.
+_STARTUP_FILES = {".hydra", "train.log", "eval.log", ".lock"}
+
+
+def remove_refused_run_dir(run_dir: Path, output_dir: Path | None = None) -> bool:
+    """After a run stopped on bad input (exit code 2): delete its run directory if this run created it and it holds
+    only what every run writes at its start, then the parents left empty up to `output_dir`. A directory that
+    existed before, or holds anything else (checkpoints, logs of a fit), is kept. True when removed."""
+    import shutil
+
+    run_dir = Path(run_dir).absolute()
+    if FRESH_RUN_DIR is None or run_dir != FRESH_RUN_DIR or not run_dir.is_dir():
+        return False
+    if not {p.name for p in run_dir.iterdir()} <= _STARTUP_FILES:
+        return False
+    shutil.rmtree(run_dir, ignore_errors=True)
+    stop = Path(output_dir).absolute() if output_dir is not None else None
+    parent = run_dir.parent
+    while stop is not None and parent != stop and stop in parent.parents and not any(parent.iterdir()):
+        parent.rmdir()
+        parent = parent.parent
+    return True
 
 
 def _output_option(config: DictConfig, dir_key: str) -> str:

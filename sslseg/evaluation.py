@@ -21,7 +21,15 @@ from omegaconf import DictConfig, OmegaConf
 from sslseg.checkpoint import read_checkpoint
 from sslseg.data.io import read_image
 from sslseg.errors import UserError
-from sslseg.experiment import build_datamodule, claim_run_dir, quiet_duplicate_logs, trainer_kwargs, uses_gpu
+from sslseg.experiment import (
+    build_datamodule,
+    claim_run_dir,
+    quiet_duplicate_logs,
+    release_run_dir,
+    trainer_kwargs,
+    uses_gpu,
+)
+from sslseg.loggers import LossProgressBar
 from sslseg.methods.base import SemiSegModule
 from sslseg.palette import overlay, palette_for, palette_png
 from sslseg.results import format_iou_table, write_results
@@ -100,6 +108,7 @@ def predict_or_export(cfg: DictConfig) -> dict:
     """`input_dir=` and/or `export=`: the checkpoint's reported network, with the checkpoint's settings."""
     from sslseg.export import default_path, export
 
+    quiet_duplicate_logs()
     ckpt_path = Path(cfg.ckpt_path)
     images = list_images(Path(cfg.input_dir)) if cfg.get("input_dir") else []  # a bad folder fails first
     device = "cuda" if uses_gpu(cfg.trainer) else "cpu"
@@ -135,13 +144,22 @@ def evaluate(cfg: DictConfig) -> dict:
     start = time.time()
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     claim_run_dir(run_dir)
+    try:
+        return _evaluate(cfg, run_dir, start)
+    finally:
+        release_run_dir(run_dir)
+
+
+def _evaluate(cfg: DictConfig, run_dir: Path, start: float) -> dict:
     quiet_duplicate_logs()
     module, recorded = load_for_validation(cfg)
     datamodule = build_datamodule(cfg, streams=(), split=None)
     datamodule.prepare_data()
     datamodule.setup("validate")
     kwargs = trainer_kwargs(cfg) | {"devices": 1, "strategy": "auto", "num_nodes": 1}  # exact: no DDP padding
-    trainer = pl.Trainer(**kwargs, logger=False, callbacks=[], default_root_dir=str(run_dir))
+    # The training runs' bar (tqdm), not Lightning's default (Rich, when installed): one style for both commands.
+    bar = [LossProgressBar(refresh_rate=10)] if kwargs.get("enable_progress_bar", True) else []
+    trainer = pl.Trainer(**kwargs, logger=False, callbacks=bar, default_root_dir=str(run_dir))
     trainer.validate(module, datamodule=datamodule, verbose=False)
     val = module.last_val
     results = {

@@ -5,7 +5,6 @@ from __future__ import annotations
 import fcntl
 import importlib
 import importlib.util
-import logging
 import shlex
 import signal
 import sys
@@ -24,10 +23,11 @@ from omegaconf import DictConfig, OmegaConf
 
 from sslseg.checkpoint import RunCheckpoints, resume_checkpoint
 from sslseg.cli import is_launcher_rank
-from sslseg.data.batch import announce_batch
+from sslseg.console_log import network_label, quiet_third_party, say, start_block
+from sslseg.data.batch import describe_batch
 from sslseg.data.datamodule import SemiSegDataModule
 from sslseg.errors import UserError
-from sslseg.loggers import build_callbacks, build_loggers, log_config
+from sslseg.loggers import LossProgressBar, build_callbacks, build_loggers, log_config, logger_lines
 from sslseg.methods.base import SemiSegModule
 from sslseg.results import format_iou_table, provenance, write_results
 
@@ -86,13 +86,14 @@ def profiler_into(name: str, out_dir: Path) -> Profiler | str:
     return name if cls is None else cls(dirpath=out_dir, filename="profile")
 
 
-_RUN_DIR_LOCKS: list = []  # open lock files, held until the process exits
+_RUN_DIR_LOCKS: list = []  # open lock files, held until the run ends (release_run_dir) or the process exits
 
 
 def claim_run_dir(run_dir: Path) -> None:
-    """Hold an exclusive lock on the run directory for the life of this process, so that two runs
-    resolved to the same directory (same method/dataset/split/seed started in the same second)
-    cannot overwrite each other's checkpoints and logs. The OS drops the lock when the process ends."""
+    """Hold an exclusive lock on the run directory while the run lasts, so that two runs resolved to the
+    same directory (same method/dataset/split/seed started in the same second) cannot overwrite each
+    other's checkpoints and logs. release_run_dir drops it and deletes `.lock` when the run ends; a killed
+    run leaves the file, whose lock the OS has dropped with the process."""
     run_dir.mkdir(parents=True, exist_ok=True)
     handle = open(run_dir / ".lock", "w")
     try:
@@ -102,6 +103,15 @@ def claim_run_dir(run_dir: Path) -> None:
         raise UserError(f"run directory {run_dir} is in use by another run; wait a second or set "
                         "hydra.run.dir=<another folder>") from None
     _RUN_DIR_LOCKS.append(handle)
+
+
+def release_run_dir(run_dir: Path) -> None:
+    """The end of claim_run_dir: unlock and delete `<run dir>/.lock` (no lock file stays after a run)."""
+    lock = Path(run_dir) / ".lock"
+    for handle in [h for h in _RUN_DIR_LOCKS if Path(h.name) == lock]:
+        _RUN_DIR_LOCKS.remove(handle)
+        lock.unlink(missing_ok=True)  # while still held: no other run can have taken it meanwhile
+        handle.close()
 
 
 SLURM_LAUNCHER = "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher"
@@ -128,9 +138,9 @@ def _finish_wandb() -> None:
 
 
 def quiet_duplicate_logs() -> None:
-    """Lightning prints through its own handler; Hydra's root handler would print every line twice."""
-    logging.getLogger("lightning.pytorch").propagate = False
-    logging.getLogger("lightning.fabric").propagate = False
+    """Lightning prints through its own handler (Hydra's root handler would print every line twice), and the
+    libraries' warnings about what sslseg does on purpose are silenced (sslseg.console_log.quiet_third_party)."""
+    quiet_third_party()
 
 
 def train(cfg: DictConfig) -> dict | None:
@@ -142,23 +152,51 @@ def train(cfg: DictConfig) -> dict | None:
     ckpt_path = resume_checkpoint(cfg, run_dir)
     if is_launcher_rank():  # DDP children share their launcher's directory
         claim_run_dir(run_dir)
-    quiet_duplicate_logs()
-    pl.seed_everything(int(cfg.seed), workers=True, verbose=False)
-    torch.set_float32_matmul_precision(cfg.perf.matmul_precision)
+    try:
+        quiet_duplicate_logs()
+        pl.seed_everything(int(cfg.seed), workers=True, verbose=False)
+        torch.set_float32_matmul_precision(cfg.perf.matmul_precision)
 
-    cls = method_class(cfg)
-    if cfg.method.get("stages"):
-        from sslseg.stages import run_stages
+        cls = method_class(cfg)
+        if cfg.method.get("stages"):
+            from sslseg.stages import run_stages
 
-        results = run_stages(cfg, cls, run_dir)  # its wall time sums the stages'
-    else:
-        results = fit(cfg, cls, run_dir, ckpt_path=ckpt_path, started=started)
-    results |= provenance(list(HydraConfig.get().overrides.task))
-    debug = HydraConfig.get().runtime.choices.get("debug")
-    if debug:  # a debug config's cut-short run: `python -m sslseg.results` leaves it out
-        results["debug"] = debug
-    _report(run_dir, results)
+            results = run_stages(cfg, cls, run_dir)  # its wall time sums the stages'
+        else:
+            results = fit(cfg, cls, run_dir, ckpt_path=ckpt_path, started=started)
+        results |= provenance(list(HydraConfig.get().overrides.task))
+        debug = HydraConfig.get().runtime.choices.get("debug")
+        if debug:  # a debug config's cut-short run: `python -m sslseg.results` leaves it out
+            results["debug"] = debug
+        _report(run_dir, results)
+    finally:
+        release_run_dir(run_dir)
     return results
+
+
+def cpu_note(cfg: DictConfig) -> str | None:
+    """dataset=custom picks ResNet-101 (the papers' network): on a machine without a GPU, one line says so and
+    how to pick a network the CPU can train."""
+    if cfg.dataset.name != "custom" or uses_gpu(cfg.trainer) or cfg.backbone.name == "tiny":
+        return None
+    return (f"note: dataset=custom trains backbone={cfg.backbone.name} at crop {cfg.dataset.crop_size}, sized for a "
+            "GPU; on this CPU a step takes minutes and GBs of memory. A CPU-sized run: backbone=tiny "
+            "model=deeplabv3plus_tiny dataset.crop_size=48 (docs/data.md)")
+
+
+def describe_devices(trainer: pl.Trainer) -> str:
+    kind = type(trainer.accelerator).__name__.removesuffix("Accelerator").replace("CUDA", "GPU")
+    nodes = f" x {trainer.num_nodes} nodes" if trainer.num_nodes > 1 else ""
+    return f"{trainer.num_devices} {kind}{nodes}, precision {trainer.precision}"
+
+
+def resume_line(ckpt_path: str | None) -> str | None:
+    """Which step a resumed fit continues from (the checkpoint's own count of training steps)."""
+    if ckpt_path is None:
+        return None
+    checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=False, mmap=True)
+    steps = checkpoint.get("train_steps", checkpoint.get("global_step"))
+    return f"resuming from step {steps} (epoch {checkpoint.get('epoch')}): {ckpt_path}"
 
 
 def fit(cfg: DictConfig, cls: type[SemiSegModule], out_dir: Path, ckpt_path: str | None = None,
@@ -169,6 +207,9 @@ def fit(cfg: DictConfig, cls: type[SemiSegModule], out_dir: Path, ckpt_path: str
     optimizer momentum: an offline method's next round); `pseudo_list` feeds the pseudo stream. The wall
     time counts from `started` (time.monotonic()), plus that of the parts of an interrupted fit before it."""
     started = time.monotonic() if started is None else started
+    note = cpu_note(cfg)
+    if note and is_launcher_rank():
+        say(note)  # before the network is built (and its pretrained file looked for)
     datamodule = build_datamodule(cfg, streams or cls.data_streams(cfg.method), split=cfg.split,
                                   pseudo_list=pseudo_list)
     if is_launcher_rank():  # fail on bad paths/splits before building anything expensive
@@ -189,24 +230,29 @@ def fit(cfg: DictConfig, cls: type[SemiSegModule], out_dir: Path, ckpt_path: str
     if isinstance(kwargs.get("profiler"), str):
         kwargs["profiler"] = profiler_into(kwargs["profiler"], out_dir)
     trainer = pl.Trainer(**kwargs, logger=loggers or False, callbacks=callbacks, default_root_dir=str(out_dir))
-    batch, global_batch = announce_batch(cfg.data, trainer.world_size)  # the DataModule derives the same
+    batch, global_batch, batch_line = describe_batch(cfg.data, trainer.world_size)  # the DataModule derives the same
     log_config(loggers, cfg, {"global_batch_size": global_batch, "batch_size_per_device": batch,
                               "world_size": trainer.world_size, "run_dir": str(out_dir)})
-    # A teacher is kept in eval mode by design (method.teacher.train_mode_epochs); Lightning warns about it.
-    warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode at the start of training")
-    # Lightning's own use of a torch API that torch 2.10+ deprecates: nothing a user can act on.
-    warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
+    say(*start_block(run_dir=out_dir, method=cfg.method.name, dataset=cfg.dataset.name, split=cfg.split,
+                     seed=int(cfg.seed), networks=module.evaluated_networks(), devices=describe_devices(trainer),
+                     batch_line=batch_line, logger_lines=logger_lines(loggers), resume_line=resume_line(ckpt_path)))
+    quiet_third_party()
+    if ckpt_path is not None:  # a resumed fit writes into its own checkpoints/ on purpose
+        warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
+    bar = next((c for c in callbacks if isinstance(c, LossProgressBar)), None)
     try:
         trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
         steps = module.train_steps  # validate(ckpt_path=...) below restores the best checkpoint's count
         # Kept in a local: validate(ckpt_path=...) restores the callback's state from that file.
         best_path = checkpoint.best_model_path
         if module.last_val is None or not best_path:  # stopped (max_steps) before any validation
+            _label(bar, "validation of the final weights")
             trainer.validate(module, datamodule=datamodule, verbose=False)
             best_path = str(out_dir / "checkpoints" / "best.ckpt")
             trainer.save_checkpoint(best_path)
         final = best = module.last_val
         if cfg.evaluate_best:
+            _label(bar, "validation of best.ckpt")
             trainer.validate(module, datamodule=datamodule, ckpt_path=best_path, verbose=False)
             best = module.last_val
     except SIGTERMException:
@@ -221,6 +267,10 @@ def fit(cfg: DictConfig, cls: type[SemiSegModule], out_dir: Path, ckpt_path: str
         "method": cfg.method.name, "dataset": cfg.dataset.name, "split": str(cfg.split),
         "backbone": module.cfg.backbone.name, "decoder": module.cfg.model.name, "seed": int(cfg.seed),
         "best_val_mIoU": best["mIoU"], "final_val_mIoU": final["mIoU"],
+        # The network behind best_val_mIoU (model = the student, teacher = the EMA teacher, pseudo_net = PCT's
+        # PseudoNet), and each evaluated network's mIoU at that checkpoint.
+        "network": best["network"], "network_label": network_label(best["network"]),
+        "network_scores": module.network_scores,
         # The references' mean over all K classes (absent ones count 0); *_val_mIoU averages the classes present.
         "best_val_mIoU_all_classes": best["mIoU_all_classes"], "final_val_mIoU_all_classes": final["mIoU_all_classes"],
         "eval_protocol": OmegaConf.to_container(cfg.dataset.eval, resolve=True),
@@ -232,6 +282,11 @@ def fit(cfg: DictConfig, cls: type[SemiSegModule], out_dir: Path, ckpt_path: str
         "wall_seconds": round(checkpoint.wall_seconds(), 1),  # this fit's parts, if it was resumed
         "uses_image_tags": module.uses_image_tags,  # semi-and-weakly supervised (PCT): not comparable with SSS rows
     }
+
+
+def _label(bar: LossProgressBar | None, text: str) -> None:
+    if bar is not None:
+        bar.validation_label = text
 
 
 @rank_zero_only
@@ -249,5 +304,13 @@ def _say_how_to_resume(cfg: DictConfig, signal_name: str, steps: int, checkpoint
 def _report(run_dir: Path, results: dict) -> None:
     write_results(run_dir / "results.json", results)
     print(format_iou_table(results["per_class_IoU"], results["best_val_mIoU"]))
+    if results.get("network"):
+        print(network_sentence(results.get("network"), results.get("network_scores")))
     print(f"results: {run_dir / 'results.json'}")
     print(f"val mIoU: {results['best_val_mIoU']:.2f}", flush=True)
+
+
+def network_sentence(network: str, scores: dict | None) -> str:
+    """`network: teacher (EMA) (student 74.10, teacher (EMA) 75.36)`: which network the number is, and the others'."""
+    others = ", ".join(f"{network_label(n)} {m:.2f}" for n, m in (scores or {}).items())
+    return f"network: {network_label(network)}" + (f" ({others})" if len(scores or {}) > 1 else "")

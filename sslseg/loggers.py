@@ -71,13 +71,33 @@ class LossProgressBar(TQDMProgressBar):
     (every `refresh_rate` steps), not each step. The bars are closed when the run fails, so that the error
     line starts on a fresh line instead of after the bar."""
 
+    validation_label = "validation"  # the fit's evaluation of best.ckpt says which checkpoint (experiment.fit)
+
     def get_metrics(self, trainer, pl_module) -> dict:
         items = super().get_metrics(trainer, pl_module)
         items.pop("v_num", None)
+        items.pop("val/mIoU", None)
         loss = trainer.callback_metrics.get("train/loss")
         if loss is not None:
             items["loss"] = f"{float(loss):.3f}"
+        last_val = getattr(pl_module, "last_val", None)
+        if last_val is not None:  # the latest validation's number, already on the host
+            items["val mIoU"] = f"{last_val['mIoU']:.2f}"
         return items
+
+    @property
+    def validation_description(self) -> str:
+        return self.validation_label
+
+    def init_validation_tqdm(self):
+        bar = super().init_validation_tqdm()
+        bar.leave = False  # a finished validation leaves the training bar, which shows its mIoU
+        return bar
+
+    def on_validation_batch_start(self, trainer, pl_module, batch, batch_idx: int, dataloader_idx: int = 0) -> None:
+        super().on_validation_batch_start(trainer, pl_module, batch, batch_idx, dataloader_idx)
+        if self._val_progress_bar is not None and not trainer.sanity_checking:  # not "... DataLoader 0"
+            self.val_progress_bar.set_description(self.validation_description, refresh=False)
 
     def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
         for bar in (self._train_progress_bar, self._val_progress_bar, self._test_progress_bar,
@@ -159,10 +179,42 @@ def wandb_logger(save_dir: str, project: str = "sslseg", entity: str | None = No
     if rank_zero_only.rank == 0:
         id_file.parent.mkdir(parents=True, exist_ok=True)
         id_file.write_text(run_id + "\n")
-        if mode == "offline":
-            print(f"W&B offline (not logged in): sync later with `wandb sync {save_dir}/wandb/offline-run-*`")
-    return WandbLogger(project=project, entity=entity, group=group, name=Path(save_dir).name, save_dir=save_dir,
-                       mode=mode, tags=tags, id=run_id, resume="allow", **kwargs)
+    logger = WandbLogger(project=project, entity=entity, group=group, name=Path(save_dir).name, save_dir=save_dir,
+                         mode=mode, tags=tags, id=run_id, resume="allow", **kwargs)
+    # Lightning passes `anonymous=None` to wandb.init, and wandb 0.2x+ warns that the setting has no effect whatever
+    # its value: leave the key out unless the user set it.
+    if logger._wandb_init.get("anonymous") is None:
+        logger._wandb_init.pop("anonymous", None)
+    logger.sslseg_mode = mode  # for the run's start block (logger_lines)
+    return logger
+
+
+def logger_lines(loggers: list[Logger]) -> list[str]:
+    """One line per logger for the run's start block: where its records go (W&B: the run's link, or the offline
+    folder and the command that syncs it)."""
+    lines = []
+    for logger in loggers:
+        if isinstance(logger, WandbLogger):
+            mode = getattr(logger, "sslseg_mode", "online")
+            if mode == "offline":
+                lines.append(f"W&B offline (not logged in): sync later with "
+                             f"`wandb sync {logger.save_dir}/wandb/offline-run-*`")
+            elif mode == "disabled":
+                lines.append("W&B disabled (WANDB_MODE=disabled)")
+            else:
+                url = None
+                if rank_zero_only.rank == 0:
+                    try:
+                        url = logger.experiment.url  # starts the W&B run now (Lightning would at the fit's start)
+                    except Exception:  # noqa: BLE001 - the link is a courtesy; the fit reports real W&B errors
+                        url = None
+                lines.append(f"W&B: {url or f'project {logger.name}'}")
+        elif isinstance(logger, CSVLogger):
+            lines.append(f"CSV: {Path(logger.log_dir) / 'metrics.csv'}")
+        else:
+            where = getattr(logger, "log_dir", None) or getattr(logger, "save_dir", None)
+            lines.append(f"{type(logger).__name__}: {where}")
+    return lines
 
 
 def log_config(loggers: list[Logger], cfg: DictConfig, extra: dict) -> None:

@@ -39,12 +39,22 @@ def write_atomically(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def format_iou_table(per_class: dict[str, float], miou: float) -> str:
-    width = max(len(n) for n in per_class) if per_class else 5
-    lines = [f"{'class':<{width}}  IoU (%)", "-" * (width + 9)]
-    for name, value in per_class.items():
-        lines.append(f"{name:<{width}}  {'   n/a' if math.isnan(value) else f'{value:6.2f}'}")
-    lines += ["-" * (width + 9), f"{'mIoU':<{width}}  {miou:6.2f}"]
+def format_iou_table(per_class: dict[str, float], miou: float, columns: int = 3) -> str:
+    """The per-class IoU in `columns` columns (a 21-class table in 8 lines instead of 25); the mean is the run's last
+    line (`val mIoU: ...`), so it is not repeated here."""
+    items = list(per_class.items())
+    width = max((len(n) for n in per_class), default=5)
+    columns = max(1, min(columns, len(items)))
+    cell = width + 9
+
+    def fmt(name: str, value: float) -> str:
+        return f"{name:<{width}}  {'   n/a' if math.isnan(value) else f'{value:6.2f}'} "
+
+    rows = math.ceil(len(items) / columns)
+    lines = ["   ".join(f"{'class':<{width}}  IoU (%)".ljust(cell) for _ in range(columns)).rstrip()]
+    for r in range(rows):  # column-major, so that the classes read down each column in their order
+        cells = [fmt(*items[c * rows + r]) for c in range(columns) if c * rows + r < len(items)]
+        lines.append("   ".join(c.ljust(cell) for c in cells).rstrip())
     return "\n".join(lines)
 
 

@@ -30,10 +30,9 @@ from PIL import Image
 from torch import nn
 
 from sslseg.checkpoint import read_checkpoint
+from sslseg.console_log import NETWORK_NAMES  # noqa: F401  (one wording for the console and results.json)
 from sslseg.methods.base import SemiSegModule
 from sslseg.methods.teacher import Teacher
-
-NETWORK_NAMES = {"model": "student", "teacher": "teacher (EMA)", "pseudo_net": "PseudoNet"}
 
 
 def load_module(path: str | Path, replace: Mapping | None = None) -> tuple[SemiSegModule, bool]:

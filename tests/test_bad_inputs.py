@@ -1,5 +1,5 @@
-"""Every bad input of the README's table, run as a user would: exit code 2, the one line sslseg prints and
-nothing else on stderr, no traceback, and the run directory it names left as it was."""
+"""Every bad input of the table in docs/troubleshooting.md, run as a user would: exit code 2, the one line sslseg
+prints and nothing else on stderr, no traceback, and the run directory it names left as it was."""
 
 from __future__ import annotations
 

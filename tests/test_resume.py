@@ -69,7 +69,7 @@ def _assert_same_end(resumed: Path, uninterrupted: Path) -> None:
     for key in ("best_val_mIoU", "final_val_mIoU", "steps"):
         assert results[key] == reference[key], key
     # The CSV log is continued, not restarted: no step is logged twice. (Its rows are not yet those of the
-    # uninterrupted run: the end-to-end comparison found other values at the same step labels; README.)
+    # uninterrupted run: the end-to-end comparison found other values at the same step labels; docs/resume.md.)
     steps = [(row["step"], tuple(k for k, v in row.items() if v and k != "step")) for row in _csv_rows(resumed)]
     assert len(steps) == len(set(steps)) and steps[0][0] == _csv_rows(uninterrupted)[0]["step"]
 

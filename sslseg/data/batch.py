@@ -34,13 +34,23 @@ def per_device_batch(data_cfg: DictConfig, world_size: int) -> int:
     return global_batch // world_size
 
 
-def announce_batch(data_cfg: DictConfig, world_size: int) -> tuple[int, int]:
-    """(per-device batch, global batch) of a fit, said once on rank 0 when the global batch was asked for."""
+def describe_batch(data_cfg: DictConfig, world_size: int) -> tuple[int, int, str]:
+    """(per-device batch, global batch, the line the run's start block says about them)."""
     batch = per_device_batch(data_cfg, world_size)
     if data_cfg.get("global_batch_size") is not None:
-        _say(f"batch: {batch} per device x {world_size} device(s) = data.global_batch_size {batch * world_size} "
-             "(data.batch_size is not used)")
-    return batch, batch * world_size
+        line = (f"batch: {batch} per device x {world_size} device(s) = data.global_batch_size {batch * world_size} "
+                "(data.batch_size is not used)")
+    else:
+        line = f"batch: {batch} per device x {world_size} device(s) (data.batch_size)"
+    return batch, batch * world_size, line
+
+
+def announce_batch(data_cfg: DictConfig, world_size: int) -> tuple[int, int]:
+    """(per-device batch, global batch) of a fit, said once on rank 0 when the global batch was asked for."""
+    batch, global_batch, line = describe_batch(data_cfg, world_size)
+    if data_cfg.get("global_batch_size") is not None:
+        _say(line)
+    return batch, global_batch
 
 
 @rank_zero_only

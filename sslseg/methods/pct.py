@@ -3,7 +3,7 @@ cross-entropy and progressive cross training, in two stages (`method.stages`, ss
 
 Semi-AND-weakly supervised: every unlabeled image comes with its image-level class tags (from its mask or
 a tag file, sslseg/data/tags.py), so its numbers are not comparable with the purely semi-supervised
-methods' (results.json and the README say so).
+methods' (results.json and docs/toy.md say so).
 
 Stage 1 ("cross", two networks of the same architecture, independently initialised): each step takes a
 pixel-labeled half (the labeled stream) and a tagged half (any training image, only cropped):

@@ -51,7 +51,48 @@ def _shorten(keys: list[str], limit: int = 5) -> str:
     return shown + (f" (+{len(keys) - limit} more)" if len(keys) > limit else "")
 
 
+# `backbone.pretrained=<library>:<name>`: ImageNet weights that a library publishes, fetched by name on first use and
+# cached by that library (torchvision: torch.hub's folder, `python -c "import torch; print(torch.hub.get_dir())"`;
+# timm: the Hugging Face cache). Only when the user names them: the recipes read the release's files.
+BY_NAME = ("torchvision:", "timm:")
+
+
+def fetch_by_name(spec: str) -> dict[str, torch.Tensor]:
+    """The state dict of `torchvision:<Weights enum>.<entry>` (e.g. torchvision:ResNet101_Weights.IMAGENET1K_V2,
+    through torchvision's weights API) or `timm:<model name>` (e.g. timm:resnet101.a1h_in1k)."""
+    library, _, name = spec.partition(":")
+    where = f"backbone.pretrained={spec}"
+    if library == "torchvision":
+        import torchvision
+
+        try:
+            weights = torchvision.models.get_weight(name)
+        except (ValueError, KeyError, AttributeError):
+            raise UserError(f"{where}: torchvision has no weights named {name!r} (for example "
+                            "ResNet101_Weights.IMAGENET1K_V2)") from None
+        try:
+            return weights.get_state_dict(progress=False, check_hash=True)
+        except Exception as exc:  # no network, a proxy, a corrupt cached file
+            reason = str(exc).splitlines()[0] if str(exc) else exc.__class__.__name__
+            raise UserError(f"{where}: cannot fetch {weights.url}: {reason} (download it by hand into pretrained/ and "
+                            "set backbone.pretrained=<file>)") from None
+    if library == "timm":
+        try:
+            import timm
+        except ModuleNotFoundError:
+            raise UserError(f"{where}: timm is not installed (pip install timm)") from None
+        try:
+            return timm.create_model(name, pretrained=True).state_dict()
+        except Exception as exc:  # an unknown name, no network
+            raise UserError(f"{where}: {exc.__class__.__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") \
+                from None
+    raise UserError(f"{where}: expected <file>, torchvision:<weights> or timm:<model>")
+
+
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    if str(path).startswith(BY_NAME):
+        state = fetch_by_name(str(path))
+        return {k.removeprefix("module."): v for k, v in state.items()}
     path = Path(path)
     if not path.is_file():
         raise UserError(f"pretrained weights not found: {path} (set backbone.pretrained=<file> or null)")
