@@ -5,8 +5,8 @@ description (plain tensor ops on one state dict in the release's key names: `bac
 `head.*` as UniMatch-V2's `model/semseg/dpt.py`), not with the release's code.
 
 The key lists under tests/fixtures/dinov2_vit{s,b,l,g}14_keys.txt are generated from this project's modules with
-`python tests/test_dinov2.py` (module keys renamed to Meta's with the `dinov2` / `dinov2_swiglu` key formats); they are not read from
-Meta's files.
+`python tests/test_dinov2.py` (module keys renamed to Meta's with the `dinov2` / `dinov2_swiglu` key formats); they
+are not read from Meta's files.
 """
 
 from __future__ import annotations
@@ -20,11 +20,13 @@ import torch
 import torch.nn.functional as F
 from omegaconf import OmegaConf
 
-from sslseg.errors import UserError
-from sslseg.models import build_segmentor
-from sslseg.models.dinov2 import DINOv2ViT, swiglu_hidden
-from sslseg.models.perturbations import ComplementaryChannelDropout
-from sslseg.models.pretrained import _file_key, load_state
+pytest.importorskip("timm")  # the `dinov2` extra (in `dev`)
+
+from sslseg.errors import UserError  # noqa: E402
+from sslseg.models import build_segmentor  # noqa: E402
+from sslseg.models.dinov2 import DINOv2ViT, swiglu_hidden  # noqa: E402
+from sslseg.models.perturbations import ComplementaryChannelDropout  # noqa: E402
+from sslseg.models.pretrained import _file_key, load_state  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"
@@ -118,7 +120,8 @@ def _reference_vit(sd: dict, x: torch.Tensor, heads: int, layers, ffn: str) -> t
     outputs = []
     for i in range(max(layers) + 1):
         p = f"blocks.{i}."
-        q, k, v = lin(ln(t, p + "norm1"), p + "attn.qkv").reshape(batch, -1, 3, heads, dim // heads).permute(2, 0, 3, 1, 4)
+        qkv = lin(ln(t, p + "norm1"), p + "attn.qkv").reshape(batch, -1, 3, heads, dim // heads)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4)
         attn = ((q @ k.transpose(-2, -1)) * (dim // heads) ** -0.5).softmax(dim=-1) @ v
         t = t + sd[p + "ls1.gamma"] * lin(attn.transpose(1, 2).reshape(batch, -1, dim), p + "attn.proj")
         y = ln(t, p + "norm2")
@@ -361,7 +364,8 @@ def test_timm_weights_by_name_without_downloading(monkeypatch):
     b.pretrained = "timm:vit_small_patch14_dinov2.lvd142m"
     net = build_segmentor(b, m, num_classes=6)
     assert calls == [("vit_small_patch14_dinov2.lvd142m", {"pretrained": True, "num_classes": 0})]
-    torch.testing.assert_close(net.backbone.state_dict()["blocks.0.attn.qkv.weight"], timm_state["blocks.0.attn.qkv.weight"])
+    key = "blocks.0.attn.qkv.weight"
+    torch.testing.assert_close(net.backbone.state_dict()[key], timm_state[key])
 
 
 def test_swiglu_width_is_dinov2s():

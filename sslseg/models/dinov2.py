@@ -69,7 +69,8 @@ class DINOv2ViT(nn.Module):
         super().__init__()
         layers = tuple(int(i) for i in layers)
         if len(layers) != 4 or list(layers) != sorted(set(layers)) or not 0 <= layers[0] <= layers[-1] < depth:
-            raise UserError(f"backbone.layers must be 4 increasing block indices below depth {depth}, got {list(layers)}")
+            raise UserError(f"backbone.layers must be 4 increasing block indices below depth {depth}, "
+                            f"got {list(layers)}")
         if ffn not in ("mlp", "swiglu"):
             raise UserError(f"backbone.ffn must be mlp or swiglu, got {ffn!r}")
         if img_size % patch_size:
