@@ -368,6 +368,26 @@ def test_timm_weights_by_name_without_downloading(monkeypatch):
     torch.testing.assert_close(net.backbone.state_dict()[key], timm_state[key])
 
 
+@pytest.mark.parametrize("method", ["daw", "unimatch"])
+def test_methods_train_the_vit_dpt_pair_with_their_feature_perturbation(method):
+    """`method=daw backbone=vit_tiny model=dpt_tiny`: one training step, UniMatch's FP stream on the four ViT
+    features (Segmentor.forward(perturb=1)); every trainable parameter gets a gradient (DDP without
+    find_unused_parameters)."""
+    from sslseg.bench import synthetic_batch
+    from sslseg.experiment import method_class
+    from tests.conftest import compose_cfg
+
+    torch.manual_seed(0)
+    cfg = compose_cfg([f"method={method}", "dataset=toy", "backbone=vit_tiny", "model=dpt_tiny"])
+    module = method_class(cfg)(cfg)
+    batch = synthetic_batch(module.data_streams(cfg.method), 2, 32, 6, torch.device("cpu"))
+    module.train()
+    loss = module.training_step(batch, 0)
+    assert torch.isfinite(loss)
+    loss.backward()
+    assert all(p.grad is not None for p in module.model.parameters() if p.requires_grad)
+
+
 def test_swiglu_width_is_dinov2s():
     assert swiglu_hidden(1536) == 4096
 
