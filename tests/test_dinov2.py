@@ -368,6 +368,19 @@ def test_timm_weights_by_name_without_downloading(monkeypatch):
     torch.testing.assert_close(net.backbone.state_dict()[key], timm_state[key])
 
 
+@pytest.mark.parametrize("size", SIZES)
+def test_timm_dinov2_models_have_our_keys_but_the_mask_token(size):
+    """What `pretrained: timm:vit_<size>_patch14_dinov2.lvd142m` loads: timm's model of that name (built here
+    without weights, on the meta device) holds this backbone's keys and shapes, less `mask_token`."""
+    import timm
+
+    with torch.device("meta"):
+        published = timm.create_model(f"vit_{size}_patch14_dinov2", pretrained=False, num_classes=0)
+    ours = {k: tuple(v.shape) for k, v in _meta_device_segmentor(size).backbone.state_dict().items()}
+    del ours["mask_token"]
+    assert {k: tuple(v.shape) for k, v in published.state_dict().items()} == ours
+
+
 @pytest.mark.parametrize("method", ["daw", "unimatch"])
 def test_methods_train_the_vit_dpt_pair_with_their_feature_perturbation(method):
     """`method=daw backbone=vit_tiny model=dpt_tiny`: one training step, UniMatch's FP stream on the four ViT
