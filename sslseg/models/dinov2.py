@@ -17,10 +17,10 @@ to the target size (DINOv2's `interpolate_offset` 0.1 against rounding of the ou
 sampling grid, so the values differ from a size-based resize), in float32, and left as it is at the pretraining
 grid itself (518 x 518).
 
-Weights: Meta's released `dinov2_vit{s,b,l,g}14_pretrain.pth` load strictly (key formats `dinov2`, `dinov2_swiglu`
-for G, in `pretrained.py`): the keys
-are this module's (`cls_token`, `pos_embed`, `mask_token`, `patch_embed.proj.*`, `blocks.N.{norm1,attn.qkv,
-attn.proj,ls1.gamma,norm2,mlp.fc1,mlp.fc2,ls2.gamma}.*`, `norm.*`) except ViT-G's SwiGLU, which Meta names
+Weights: Meta's released `dinov2_vit{s,b,l,g}14_pretrain.pth` load strictly (key formats `dinov2`, and
+`dinov2_swiglu` for G, in `pretrained.py`): the keys are this module's (`cls_token`, `pos_embed`, `mask_token`,
+`patch_embed.proj.*`, `blocks.N.{norm1,attn.qkv,attn.proj,ls1.gamma,norm2,mlp.fc1,mlp.fc2,ls2.gamma}.*`,
+`norm.*`) except ViT-G's SwiGLU, which Meta names
 `mlp.w12` (the packed gate and value projections) and `mlp.w3` where timm names them `mlp.fc1` and `mlp.fc2`
 (same tensors, same order: silu(first half) x second half). `pretrained: timm:<name>` instead fetches timm's
 published DINOv2 weights by name (network access; cached by huggingface_hub), see `pretrained.py`.
@@ -29,13 +29,17 @@ Kept from the release although segmentation never reads it: `mask_token` (DINOv2
 so that Meta's file loads strictly; it is frozen (requires_grad False: it would never get a gradient).
 
 Options: `frozen` (UniMatch V2's `lock_backbone`, its ADE20K setting: no encoder parameter trains),
-`checkpointing` (recompute each block in the backward pass: activation memory of one block instead of all, for
-L/G at large crops). Attention is timm's fused `scaled_dot_product_attention`; bf16 comes from the trainer's
-precision (`trainer.precision=bf16-mixed`, the default on GPU), the position embedding is resized in float32
-whatever the autocast dtype (as DINOv2).
+`checkpointing` (keep only each block's input and recompute the block in the backward pass: for L/G at large
+crops, activation memory for compute). Attention is timm's fused `scaled_dot_product_attention`; bf16 comes from
+the trainer's precision (`trainer.precision=bf16-mixed`, the default on GPU), the position embedding is resized in
+float32 whatever the autocast dtype (as DINOv2).
 
-Difference from the release without effect on the output: only the blocks up to the last intermediate layer run
-(the release runs all of them and discards the rest; for the four DINOv2 sizes the last layer is the last block).
+Differences from the release:
+
+- Sides that are not multiples of the patch size stop the run with one line naming the option; the release's patch
+  embedding silently drops the remainder pixels and its logits come back at the truncated size.
+- Without effect on the output: only the blocks up to the last intermediate layer run (the release runs all of
+  them and discards the rest; for the four DINOv2 sizes the last layer is the last block).
 """
 
 from __future__ import annotations
