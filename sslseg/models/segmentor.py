@@ -47,11 +47,15 @@ class Segmentor(nn.Module):
         stages = self.backbone(x)
         return [stages[i] for i in self.decoder.in_features]
 
-    def forward(self, x: torch.Tensor, perturb: int = 0) -> SegOutput:
+    def forward(self, x: torch.Tensor, perturb: int = 0, perturbation: nn.Module | None = None) -> SegOutput:
         """`perturb=n` also decodes n feature-perturbed copies of the backbone features (each with its
         own perturbation, `decoder.perturb`), in the same decoder batch as the clean features, so
-        that BN sees them together, as the references."""
+        that BN sees them together, as the references. `perturbation`: a module applied to the features
+        the decoder reads before anything else, the batch kept (UniMatch V2's complementary channel dropout,
+        `sslseg.models.perturbations`)."""
         inputs = self.encode(x)
+        if perturbation is not None:
+            inputs = list(perturbation(inputs))
         size = x.shape[-2:]
         if perturb:
             copies = [self.decoder.perturb(*inputs) for _ in range(perturb)]
