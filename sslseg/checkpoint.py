@@ -32,6 +32,9 @@ MUST_MATCH = (("method.name", "method"), ("dataset.num_classes", "class count"),
 def read_checkpoint(path: str | Path) -> tuple[dict, DictConfig]:
     """The checkpoint's contents and the config it was trained with."""
     path = Path(path)
+    if path.is_dir():
+        raise UserError(f"checkpoint path is a folder, not a checkpoint file: {path} (a run keeps its checkpoints "
+                        "in <run dir>/checkpoints/best.ckpt and last.ckpt)")
     if not path.is_file():
         raise UserError(f"checkpoint not found: {path}")
     try:

@@ -106,11 +106,27 @@ def protocol_overrides(cfg: DictConfig) -> dict:
 
 def predict_or_export(cfg: DictConfig) -> dict:
     """`input_dir=` and/or `export=`: the checkpoint's reported network, with the checkpoint's settings."""
-    from sslseg.export import default_path, export
+    from sslseg.config_checks import check_writable
+    from sslseg.export import SUFFIXES, default_path, export
 
     quiet_duplicate_logs()
     ckpt_path = Path(cfg.ckpt_path)
     images = list_images(Path(cfg.input_dir)) if cfg.get("input_dir") else []  # a bad folder fails first
+    export_path = out_dir = None
+    if cfg.get("export"):  # every output checked before the network is loaded
+        if str(cfg.export) not in SUFFIXES:
+            raise UserError(f"export must be one of {list(SUFFIXES)}, got {cfg.export!r}")
+        export_path = Path(cfg.export_path) if cfg.get("export_path") else default_path(ckpt_path, str(cfg.export))
+        if export_path.is_dir():
+            raise UserError(f"export_path={export_path} is a folder: name the file to write, e.g. "
+                            f"{export_path / default_path(ckpt_path, str(cfg.export)).name}")
+        check_writable(export_path.parent, "export_path")
+    if cfg.get("input_dir"):
+        out_dir = Path(cfg.output_dir) if cfg.get("output_dir") else \
+            checkpoint_run_dir(ckpt_path) / "predictions" / Path(cfg.input_dir).resolve().name
+        if out_dir.exists() and not out_dir.is_dir():
+            raise UserError(f"output_dir={out_dir} is a file, not a folder")
+        check_writable(out_dir, "output_dir")
     device = "cuda" if uses_gpu(cfg.trainer) else "cpu"
     segmenter = Segmenter.from_checkpoint(ckpt_path, device=device, protocol=protocol_overrides(cfg))
     network = NETWORK_NAMES.get(segmenter.network_name, segmenter.network_name)
@@ -118,8 +134,8 @@ def predict_or_export(cfg: DictConfig) -> dict:
     print(f"checkpoint: {ckpt_path} ({segmenter.module.cfg.method.name}, {segmenter.num_classes} classes); "
           f"network: {network} ({how})")
     results: dict = {}
-    if cfg.get("export"):
-        path = Path(cfg.export_path) if cfg.get("export_path") else default_path(ckpt_path, str(cfg.export))
+    if export_path is not None:
+        path = export_path
         info = export(segmenter, str(cfg.export), path, cfg.get("export_size"))
         dynamic = ", ".join(info["dynamic_axes"]) or "none"
         fixed = f"; fixed: {', '.join(info['fixed_axes'])} at example size {info['example_size']}" \
@@ -127,10 +143,8 @@ def predict_or_export(cfg: DictConfig) -> dict:
         print(f"exported {cfg.export}: {path} (logits at the input size; dynamic axes: {dynamic}{fixed}); "
               f"classes and normalisation: {path}.json", flush=True)
         results["export"] = info
-    if cfg.get("input_dir"):
+    if out_dir is not None:
         input_dir = Path(cfg.input_dir)
-        out_dir = Path(cfg.output_dir) if cfg.get("output_dir") else \
-            checkpoint_run_dir(ckpt_path) / "predictions" / input_dir.resolve().name
         count = predict_folder(segmenter, images, out_dir)
         print(f"predicted {count} images of {input_dir}: masks in {out_dir / 'masks'}, overlays in "
               f"{out_dir / 'overlays'}", flush=True)

@@ -144,12 +144,14 @@ class Segmenter:
                         f"{type(images).__name__}")
 
     def _predict_tensor(self, images: torch.Tensor) -> torch.Tensor:
-        if images.dim() != 4 or images.shape[1] != 3:
-            raise ValueError(f"a tensor input must be (B, 3, H, W), got {tuple(images.shape)}")
+        if images.dim() != 4 or images.shape[1] != 3 or images.shape[2] < 1 or images.shape[3] < 1:
+            raise ValueError(f"a tensor input must be (B, 3, H, W) with H, W >= 1, got {tuple(images.shape)}")
         if images.dtype == torch.uint8:
             return self._masks(self.normalize(images), images.to(self.device)).to(images.device)
         if not images.is_floating_point():
             raise ValueError(f"a tensor input must be float (normalised) or uint8 (raw RGB), got {images.dtype}")
+        if not bool(torch.isfinite(images).all()):  # NaN would give an arbitrary mask, not an error
+            raise ValueError("a tensor input holds NaN or infinite values")
         return self._masks(images.float(), None).to(images.device)
 
     def _predict_image(self, image) -> np.ndarray:
@@ -157,8 +159,9 @@ class Segmenter:
             image = np.asarray(image.convert("RGB"))
         if not isinstance(image, np.ndarray):
             raise TypeError(f"expected a numpy or PIL image, got {type(image).__name__}")
-        if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
-            raise ValueError(f"a numpy image must be uint8 (H, W, 3) RGB, got {image.dtype} {image.shape}")
+        if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3 or 0 in image.shape:
+            raise ValueError(f"a numpy image must be uint8 (H, W, 3) RGB with H, W >= 1, got {image.dtype} "
+                             f"{image.shape}")
         raw = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))[None]
         mask = self._predict_tensor(raw)[0].cpu().numpy()
         return mask.astype(np.uint8 if self.num_classes <= 256 else np.int64)

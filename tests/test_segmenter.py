@@ -175,6 +175,8 @@ def test_the_checkpoints_protocol_is_applied(tmp_path):
 def test_a_bad_path_or_a_foreign_file_is_a_one_line_user_error(tmp_path):
     with pytest.raises(UserError, match=r"^checkpoint not found: .*none\.ckpt$"):
         sslseg.Segmenter.from_checkpoint(tmp_path / "none.ckpt")
+    with pytest.raises(UserError, match=r"^checkpoint path is a folder, not a checkpoint file: "):
+        sslseg.Segmenter.from_checkpoint(tmp_path)
     (tmp_path / "random.ckpt").write_bytes(bytes(range(256)) * 4)
     with pytest.raises(UserError, match=r"^cannot read checkpoint .*random\.ckpt: not an sslseg Lightning checkpoint"):
         sslseg.Segmenter.from_checkpoint(tmp_path / "random.ckpt")
@@ -315,3 +317,39 @@ def test_eval_cli_predicts_a_folder_exports_and_fails_in_one_line(ckpt, tmp_path
                            f"error: input_dir not found: {tmp_path / 'missing'}")):
         run = run_cli("eval.py", *args, f"paths.output_dir={tmp_path / 'outputs'}")
         assert run.returncode == 2 and run.stderr.strip().splitlines() == [message]
+
+
+@pytest.mark.parametrize("case", ["unknown format", "export into a file's folder", "export_path a folder",
+                                  "output_dir in a file"])
+def test_eval_outputs_are_checked_before_the_network_loads(ckpt, tmp_path, case):
+    """eval.py's export and prediction outputs go through the same checks as a run's folder: one UserError (one
+    line, exit 2 from the CLI) naming the option, before anything is loaded or written."""
+    from sslseg.evaluation import predict_or_export
+
+    folder = tmp_path / "images"
+    folder.mkdir()
+    Image.fromarray(_image(32, 32)).save(folder / "a.jpg")
+    (tmp_path / "file").write_text("")
+    (tmp_path / "dir").mkdir()
+    overrides, message = {
+        "unknown format": (["export=foo"], r"^export must be one of \['onnx', 'torchscript'\], got 'foo'$"),
+        "export into a file's folder": (["export=onnx", f"export_path={tmp_path / 'file' / 'x.onnx'}"],
+                                        r"^cannot create .*file \(export_path\): .*file is a file, not a folder$"),
+        "export_path a folder": (["export=onnx", f"export_path={tmp_path / 'dir'}"],
+                                 r"^export_path=.*dir is a folder: name the file to write, e.g. .*dir/best\.onnx$"),
+        "output_dir in a file": ([f"input_dir={folder}", f"output_dir={tmp_path / 'file' / 'preds'}"],
+                                 r"^cannot create .*preds \(output_dir\): .*file is a file, not a folder$"),
+    }[case]
+    cfg = compose_cfg([f"ckpt_path={ckpt}", *overrides], config_name="eval")
+    before = sorted(p.name for p in tmp_path.rglob("*"))
+    with pytest.raises(UserError, match=message):
+        predict_or_export(cfg)
+    assert sorted(p.name for p in tmp_path.rglob("*")) == before
+
+
+def test_an_empty_or_non_finite_input_is_refused(ckpt):
+    segmenter = sslseg.Segmenter.from_checkpoint(ckpt)
+    with pytest.raises(ValueError, match="H, W >= 1"):
+        segmenter(np.zeros((0, 0, 3), np.uint8))
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        segmenter(torch.full((1, 3, 8, 8), float("nan")))
