@@ -117,6 +117,11 @@ class RunChecks(Callback):
     def _check(self, config: DictConfig, dir_key: str) -> None:
         try:
             check_config(config)
+            choices = OmegaConf.select(config, "hydra.runtime.choices")
+            if choices is not None:
+                from sslseg.recipes import check_variant
+
+                check_variant(config, OmegaConf.to_container(choices))
             output = Path(str(OmegaConf.select(config, dir_key)))
             check_writable(output, _output_option(config, dir_key))
             if self.resume and dir_key == "hydra.run.dir" and OmegaConf.select(config, "ckpt_path") is not None:
