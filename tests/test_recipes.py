@@ -394,3 +394,43 @@ def test_parameter_groups_by_role_and_module_path():
     with pytest.raises(UserError, match="optim.lr_mult.backbone.layer9: the network has no module backbone.layer9"):
         param_groups(net, 0.1, {"backbone.layer9": 2.0})
     assert torch.optim.SGD(groups, lr=0.002)  # the groups are a valid optimizer argument
+
+
+# --- the validation cadence -----------------------------------------------------------------------------------------
+@pytest.mark.parametrize("name,stage,count", [
+    ("dars_pascal", "round0", 3), ("dars_pascal", "round1", 3), ("dars_pascal", "round2", 6),  # VOC round 2: 6, not 50
+    ("dars_cityscapes", "round0", 6), ("dars_cityscapes", "round2", 10), ("dars_cityscapes_crop361", "round2", 6),
+])
+def test_dars_validates_on_its_releases_cadence(name, stage, count):
+    """tool/train.py: epoch_log > evaluate_start and (epoch_log - evaluate_start) % evaluate_freq == 0, epoch_log
+    counted over the rounds; the last epoch of every round is among them."""
+    from sslseg.experiment import validation_cadence
+    from sslseg.stages import stage_config
+
+    cfg = compose_recipe(name)
+    names = list(cfg.method.stages)
+    before = sum(int(cfg.method.stages[s].epochs) for s in names[:names.index(stage)] if cfg.method.stages[s].kind == "train")
+    stage_cfg = stage_config(cfg, cfg.method.stages[stage], before)
+    cadence = validation_cadence(stage_cfg)
+    epochs = int(cfg.method.stages[stage].epochs)
+    validated = [e for e in range(epochs) if cadence.validates(e)]
+    assert len(validated) == count and validated[-1] == epochs - 1
+
+
+def test_every_n_epochs_without_a_start_is_lightnings_own():
+    from sslseg.experiment import trainer_kwargs, validation_cadence
+
+    cfg = compose_cfg(["method=ddfp", "dataset=pascal"])
+    assert validation_cadence(cfg) is None and trainer_kwargs(cfg)["check_val_every_n_epoch"] == 4
+    pct = compose_cfg(["method=pct", "dataset=pascal"])
+    assert not any(validation_cadence(pct).validates(e) for e in range(100))  # the final weights only
+    assert trainer_kwargs(pct)["check_val_every_n_epoch"] == 1  # the callback sets it per epoch
+
+
+def test_fp16_runs_as_fp32_without_a_gpu():
+    from sslseg.experiment import trainer_kwargs
+
+    cfg = compose_cfg(["method=ddfp", "dataset=pascal", "trainer.accelerator=cpu"])
+    assert cfg.trainer.precision == "16-mixed" and trainer_kwargs(cfg)["precision"] == "32-true"
+    assert trainer_kwargs(compose_cfg(["trainer.precision=bf16-mixed", "trainer.accelerator=cpu"]))["precision"] == \
+        "bf16-mixed"
