@@ -101,12 +101,21 @@ def sliding_window_probs(logits_fn: Logits, image: torch.Tensor, num_classes: in
 
 
 def center_crop_logits(logits_fn: Logits, image: torch.Tensor, crop: int) -> torch.Tensor:
-    """Pad the normalised image symmetrically with 0 (the mean colour) to at least crop x crop, run
-    once, and return the logits of the original pixels."""
+    """Pad the normalised image symmetrically to at least crop x crop with black, as DDFP (U2PL) pads the raw
+    image with 0 before normalising it, run once, and return the logits of the original pixels."""
+    from sslseg.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+
     h, w = image.shape[-2:]
     top, left = max(crop - h, 0) // 2, max(crop - w, 0) // 2
     bottom, right = max(crop - h, 0) - top, max(crop - w, 0) - left
-    logits = logits_fn(F.pad(image, (left, right, top, bottom)))
+    if top or left or bottom or right:
+        mean = torch.tensor(IMAGENET_MEAN, device=image.device, dtype=image.dtype).view(1, 3, 1, 1)
+        std = torch.tensor(IMAGENET_STD, device=image.device, dtype=image.dtype).view(1, 3, 1, 1)
+        black = -mean / std  # a raw 0 after normalisation
+        padded = black.expand(image.shape[0], 3, h + top + bottom, w + left + right).clone()
+        padded[:, :, top : top + h, left : left + w] = image
+        image = padded
+    logits = logits_fn(image)
     return logits[:, :, top : top + h, left : left + w]
 
 

@@ -45,6 +45,20 @@ def test_center_crop_returns_original_pixels():
     torch.testing.assert_close(out, model(image), atol=1e-5, rtol=1e-5)
 
 
+
+def test_center_crop_pads_with_black_before_normalisation():
+    """DDFP (U2PL) pads the raw image with 0 and normalises after: the padding is black, not the mean colour."""
+    from sslseg.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+    from sslseg.inference import center_crop_logits
+
+    seen = []
+    center_crop_logits(lambda x: seen.append(x) or x, torch.zeros(1, 3, 4, 6), crop=8)
+    black = torch.tensor([-m / s for m, s in zip(IMAGENET_MEAN, IMAGENET_STD)])
+    (padded,) = seen
+    assert padded.shape == (1, 3, 8, 8)
+    torch.testing.assert_close(padded[0, :, 0, 0], black)  # the top rows: padding
+    assert (padded[0, :, 2:6, 1:7] == 0).all()  # the image itself, centred
+
 # -- the reference's truncated windows ----------------------------------------------------------------
 class _WidthModel(nn.Module):
     """Class 0's logit is the width of the input it is given, class 1's is 0: a window's size shows."""
