@@ -105,7 +105,12 @@ def _schedule(cfg: DictConfig) -> str:
 def _optimizer(cfg: DictConfig) -> str:
     optim = cfg.optim
     name = str(optim.get("_target_", "torch.optim.SGD")).rsplit(".", 1)[-1]
-    text = f"{name} lr {optim.lr:g}"
+    lrs = [optim.lr]
+    if cfg.method.get("stages"):  # a stage may set its own lr (Learning-Pseudo-Label's stage 2)
+        from sslseg.stages import stage_config
+
+        lrs = [stage_config(cfg, s, 0).optim.lr for s in cfg.method.stages.values() if s.kind == "train"]
+    text = f"{name} lr " + " / ".join(dict.fromkeys(f"{lr:g}" for lr in lrs))
     mults = optim.get("lr_mult") or {}
     extra = [f"{key} x{float(value):g}" for key, value in mults.items() if float(value) != 1.0]
     text += (" " + " ".join(extra)) if extra else ""
@@ -121,29 +126,40 @@ def _batch(cfg: DictConfig) -> str:
     if stages:
         from sslseg.stages import stage_config
 
-        sizes = []
-        for name, stage in stages.items():
-            if stage.kind == "train":
-                data = stage_config(cfg, stage, 0).data
-                sizes.append(str(data.global_batch_size or f"{data.batch_size}/device"))
-        return "global batch " + " / ".join(sizes)
+        datas = [stage_config(cfg, stage, 0).data for stage in stages.values() if stage.kind == "train"]
+        if all(data.global_batch_size for data in datas):
+            return "global batch " + " / ".join(str(data.global_batch_size) for data in datas)
+        return "batch " + " / ".join(str(data.global_batch_size or f"{data.batch_size}/device") for data in datas)
     data = cfg.data
     return f"global batch {data.global_batch_size}" if data.global_batch_size else f"batch {data.batch_size}/device"
 
 
-def _validation(cfg: DictConfig) -> str:
-    val = cfg.get("validation") or {}
+def _cadence(val) -> str:
     every, after = int(val.get("every_n_epochs", 1) or 0), int(val.get("after_epoch", 0) or 0)
     if every == 0:
-        return "validates the final weights only"
+        return "the final weights only"
     when = "every epoch" if every == 1 else f"every {every} epochs"
-    return f"validates {when}" + (f" after epoch {after}" if after else "")
+    return when + (f" after epoch {after}" if after else "")
+
+
+def _validation(cfg: DictConfig) -> str:
+    stages = cfg.method.get("stages")
+    if stages:
+        from sslseg.stages import stage_config
+
+        cadences = [_cadence(stage_config(cfg, stage, 0).get("validation") or {})
+                    for stage in stages.values() if stage.kind == "train"]
+        if len(set(cadences)) > 1:
+            return "validates " + " / ".join(cadences)
+        return "validates " + cadences[0]
+    return "validates " + _cadence(cfg.get("validation") or {})
 
 
 def summary(cfg: DictConfig) -> str:
     """The key values of the composed run, in one phrase."""
     OmegaConf.resolve(cfg := OmegaConf.create(OmegaConf.to_container(cfg, resolve=False)))
-    return (f"{cfg.backbone.name} + {cfg.model.name}, crop {cfg.dataset.crop_size}, {_batch(cfg)}, {_optimizer(cfg)}, "
+    decoder = OmegaConf.select(cfg, "method.network.decoder") or cfg.model.name  # DDFP: U2PL's decoder
+    return (f"{cfg.backbone.name} + {decoder}, crop {cfg.dataset.crop_size}, {_batch(cfg)}, {_optimizer(cfg)}, "
             f"{_schedule(cfg)}, {_precision(cfg.trainer.precision)}, {_validation(cfg)}")
 
 

@@ -38,9 +38,14 @@ Differences from the released code:
     sums over 256 dimensions); the release trains it under fp16 autocast with a GradScaler.
   * The flow's features are drawn with a top-k of random keys instead of `randperm` over the valid pixels
     (no host-device synchronisation); it is the same uniform draw without replacement.
+  * Matched in the recipes (conf/recipe/ddfp_*): fp16 autocast with a GradScaler (`trainer.precision=16-mixed`;
+    fp32 on CPU), a validation every 4 epochs (`validation.every_n_epochs`), the centre-crop evaluation padded
+    with black (U2PL pads the raw image with 0 before normalising). The flow's 20480 features are the release's
+    per GPU of 4 + 4 images: a device holding B labeled images draws 20480 · B / 4 (`flow.samples_images`), so a
+    global batch keeps the release's share of features on any device count.
   * The release's 1464 config lacks keys its script needs, the teacher always has 21 classes, its
     Cityscapes splits cannot be parsed and it has no Cityscapes config (specs §4.7): the presets build on
-    its 732 config, and ddfp_cityscapes is sslseg's own choice (see the preset).
+    its 732 config, and ddfp_cityscapes is sslseg's own choice (see the recipe).
 """
 
 from __future__ import annotations
