@@ -434,3 +434,12 @@ def test_fp16_runs_as_fp32_without_a_gpu():
     assert cfg.trainer.precision == "16-mixed" and trainer_kwargs(cfg)["precision"] == "32-true"
     assert trainer_kwargs(compose_cfg(["trainer.precision=bf16-mixed", "trainer.accelerator=cpu"]))["precision"] == \
         "bf16-mixed"
+
+
+def test_a_bad_variant_on_the_command_line_is_one_line_and_exit_2(tmp_path):
+    from tests.conftest import run_cli
+
+    run = run_cli("train.py", "method=dars", "dataset=pascal", "variant=crop361", f"paths.output_dir={tmp_path}")
+    assert run.returncode == 2 and run.stderr.strip().splitlines() == [
+        "error: variant=crop361: no such variant of recipe dars_pascal; it has no variants"]
+    assert not any(tmp_path.iterdir())
