@@ -44,7 +44,7 @@ Differences from the released code:
     per GPU of 4 + 4 images: a device holding B labeled images draws 20480 · B / 4 (`flow.samples_images`), so a
     global batch keeps the release's share of features on any device count.
   * The release's 1464 config lacks keys its script needs, the teacher always has 21 classes, its
-    Cityscapes splits cannot be parsed and it has no Cityscapes config (specs §4.7): the presets build on
+    Cityscapes splits cannot be parsed and it has no Cityscapes config (specs §4.7): the recipes build on
     its 732 config, and ddfp_cityscapes is sslseg's own choice (see the recipe).
 """
 
