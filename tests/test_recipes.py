@@ -161,13 +161,16 @@ def _dars(src: str, split: str, crop: int, lr: float, ratios, scales, base: int,
             ("method.stages.pseudo2.labeling_ratio", ratios[1], src.replace("*", "gen_pseudo_label_*") + " round 2"),
             ("dataset.eval.mode", "sliding", src + " (evaluate_full_size)"), ("dataset.eval.base_size", base, src),
             ("method.generation.base_size", base, src), ("dataset.eval.flip", True, "semseg validate_full_size.py"),
+            ("dataset.eval.window", "centred", "semseg util/validate_full_size.py (padded around the image)"),
+            ("method.generation.window", "centred", "CVMI-Lab/DARS tool/gen_pseudo_label.py (the same scale_process)"),
             ("recipe.reported", "best", DARS_TRAIN + " (best_val_miou)")]
     for i, (round_, scale, start) in enumerate(zip(("round0", "round1", "round2"), scales, starts)):
         rows += [(f"stages.{round_}.dataset.scale_range", scale, src.replace("*", f"train_*round{i}*")),
                  (f"stages.{round_}.validation.after_epoch", start, src.replace("*", f"train_*round{i}*") + " evaluate_start"),
                  (f"stages.{round_}.validation.every_n_epochs", freq[i], src.replace("*", f"train_*round{i}*") + " evaluate_freq"),
                  (f"stages.{round_}.data.global_batch_size", batches[i], src.replace("*", f"train_*round{i}*") + " batch_size"),
-                 (f"stages.{round_}.data.geometric_aug", {"rotate": 10, "blur_p": 0.5, "pad": "mean"}, "semseg transform")]
+                 (f"stages.{round_}.data.geometric_aug", {"rotate": 10, "blur_p": 0.5, "pad": "mean",
+                                                          "pad_position": "centre"}, "semseg util/transform.py Crop")]
     return rows
 
 

@@ -29,12 +29,10 @@ Differences from the released code:
     resumed optimizer carries the finished round's last lr (0) into the first step of the next round.
   * The release's `tool/train.py` imports a module that does not exist (`tool.task3.train_func`).
   * Matched in the recipes (conf/recipe/dars_*): fp32 (apex O0), validations from evaluate_start every
-    evaluate_freq epochs per round (`validation`), the DeepLabV2 model as released (2 branches, layer4 at 10x).
-  * Padding, not matched: semseg pads a small crop, and an image smaller than a test window, on all sides
-    around its centre (crop: then a random offset; the mean colour, label 255); sslseg pads right and bottom
-    (the crop's own padding, shared with every method) and the windows at the right and bottom with the
-    mean colour. The same pixels are padded, in other places: crops see the image at other offsets and the
-    padded windows see their context on one side. Not changed for want of a run showing its effect.
+    evaluate_freq epochs per round (`validation`), the DeepLabV2 model as released (2 branches, layer4 at 10x),
+    and semseg's padding: a small crop is padded around the image with the mean colour (label 255) before the
+    random crop (`data.geometric_aug.pad_position: centre`), and an image smaller than a test window around
+    its centre (`window: centred`, evaluation and pseudo-labels). The toy defaults keep the corner padding.
 """
 
 from __future__ import annotations
