@@ -212,6 +212,9 @@ REFERENCE["pct_pascal"] = [
     ("stages.stage2.trainer.max_steps", 30000, LPL2), ("stages.stage2.optim.lr", 0.007, "retrain.py"),
     ("stages.stage2.data.global_batch_size", 16, LPL2), ("dataset.eval.scales", [0.5, 0.75, 1.0, 1.25, 1.5], LPL),
     ("dataset.eval.flip", True, LPL), ("validation.every_n_epochs", 0, "test.py, retest.py (the final model only)"),
+    ("data.geometric_aug.pad", "mean", "lib/datasets/transform.py RandomCrop (0 after normalising)"),
+    ("data.geometric_aug.pad_position", "random", "lib/datasets/transform.py RandomCrop (random placement)"),
+    ("data.geometric_aug.scale_interpolation", "cubic", "lib/datasets/transform.py RandomScale (cubic)"),
     ("recipe.reported", "final", "YudeWang/Learning-Pseudo-Label README Model Zoo (Retrained)"),
 ]
 

@@ -44,9 +44,10 @@ Differences from the released code:
     resnet101.pth has the same key names and loads as well (`backbone.pretrained=<dir>/resnet101.pth`), but it is
     another ImageNet training of the same architecture (whether its weights are the same is not known): expect
     different numbers.
-  * Not matched: the release pads a labeled crop smaller than 384 with the mean colour at a random offset
-    (sslseg: the crop's shared routine, right and bottom, black for PCT's config as UniMatch's) and resizes its
-    random scales with cubic interpolation (sslseg: bilinear, shared by every method).
+    The recipe also crops as the release does: a crop larger than the image is padded with the mean colour
+    (0 once normalised) at a random offset, and random scales resize the image with cubic interpolation
+    (`data.geometric_aug: {pad: mean, pad_position: random, scale_interpolation: cubic}`); the toy defaults
+    keep UniMatch's (black, right and bottom, bilinear).
 """
 
 from __future__ import annotations
