@@ -32,7 +32,7 @@ def recipe_name(method: str, dataset: str, variant: str = PUBLISHED) -> str:
     return base if (RECIPE_DIR / f"{base}.yaml").is_file() else f"default_{dataset}"
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _file(name: str) -> DictConfig | None:
     path = RECIPE_DIR / f"{name}.yaml"
     return OmegaConf.load(path) if path.is_file() else None

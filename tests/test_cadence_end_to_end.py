@@ -3,7 +3,6 @@
 and reported (eval.py on last.ckpt gives the same number)."""
 
 import json
-import re
 
 import pytest
 
@@ -11,19 +10,22 @@ from tests.conftest import last_line, mini_split, run_cli
 
 pytestmark = pytest.mark.slow
 
+def _cadence(stage: str, epochs: int, after: int, every: int) -> list[str]:
+    """A round's epochs and its validations (semseg's evaluate_start, evaluate_freq)."""
+    return [f"method.stages.{stage}.epochs={epochs}",
+            f"+method.stages.{stage}.overrides.validation={{after_epoch: {after}, every_n_epochs: {every}}}"]
+
+
 COMMON = ["logger=none", "data.num_workers=0", "trainer.enable_progress_bar=false", "trainer.limit_val_batches=2"]
 
 
 def test_a_dars_run_validates_on_its_cadence_and_says_what_its_best_came_from(data_dir, tmp_path):
     splits = mini_split(data_dir, tmp_path / "splits", unlabeled=16)  # 2 steps per epoch
     run_dir = tmp_path / "run"
-    stages = "method.stages"
     run = run_cli("train.py", "method=dars", f"paths.data_dir={data_dir}", f"dataset.splits_dir={splits}", "split=mini",
                   f"hydra.run.dir={run_dir}", *COMMON,
                   # epochs 1-3, 4-5, 6-9 over the rounds: validations at 3 | 4, 5 | 7, 9
-                  f"{stages}.round0.epochs=3", f"+{stages}.round0.overrides.validation={{after_epoch: 1, every_n_epochs: 2}}",
-                  f"{stages}.round1.epochs=2", f"+{stages}.round1.overrides.validation={{after_epoch: 3, every_n_epochs: 1}}",
-                  f"{stages}.round2.epochs=4", f"+{stages}.round2.overrides.validation={{after_epoch: 5, every_n_epochs: 2}}")
+                  *_cadence("round0", 3, 1, 2), *_cadence("round1", 2, 3, 1), *_cadence("round2", 4, 5, 2))
     assert run.returncode == 0, run.stderr[-3000:]
     assert run.stdout.splitlines()[0].startswith("no published recipe for dars on toy: sslseg's defaults "
                                                  "(conf/recipe/default_toy.yaml): tiny + deeplabv3plus, crop 64, ")

@@ -11,7 +11,6 @@ from sslseg.data.batch import per_device_batch
 from sslseg.data.datamodule import SemiSegDataModule
 from sslseg.errors import UserError
 from tests.conftest import compose_cfg, last_line, mini_split, run_cli
-
 from tests.test_recipes import RECIPES, compose_recipe
 
 

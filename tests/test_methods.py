@@ -1,7 +1,5 @@
 """Method-level checks on random data: forward passes per step, losses, gradients."""
 
-import math
-from pathlib import Path
 
 import pytest
 import torch

@@ -56,28 +56,33 @@ def _unimatch_family(dataset: str, crop: int, lr: float, head: float, epochs: in
     rows = [
         ("dataset.crop_size", crop, cfg_file), ("optim.lr", lr, cfg_file), ("optim.lr_mult.head", head, cfg_file),
         ("optim.lr_mult.backbone", 1.0, UNIMATCH_CODE), ("dataset.epochs", epochs, cfg_file),
-        ("criterion", criterion, cfg_file), ("backbone.name", backbone, cfg_file), ("backbone.output_stride", 16, cfg_file),
+        ("criterion", criterion, cfg_file), ("backbone.name", backbone, cfg_file),
+        ("backbone.output_stride", 16, cfg_file),
         ("model.name", "deeplabv3plus", UNIMATCH_CODE), ("model.aspp_dilations", [6, 12, 18], cfg_file),
         ("data.global_batch_size", 8, UNIMATCH_README), ("optim._target_", "torch.optim.SGD", UNIMATCH_CODE),
         ("optim.momentum", 0.9, UNIMATCH_CODE), ("optim.weight_decay", 1e-4, UNIMATCH_CODE),
         ("optim.poly_power", 0.9, UNIMATCH_CODE), ("method.poly_lag", 1, UNIMATCH_CODE),
         ("trainer.precision", "32-true", UNIMATCH_CODE), ("validation.every_n_epochs", 1, UNIMATCH_CODE),
         ("recipe.reported", "best", UNIMATCH_CODE + " (best.pth: the best epoch)"), ("split", split, cfg_file),
-        ("dataset.eval.mode", "sliding" if dataset == "cityscapes" else "whole", "LiheYoung/UniMatch supervised.py evaluate"),
+        ("dataset.eval.mode", "sliding" if dataset == "cityscapes" else "whole",
+         "LiheYoung/UniMatch supervised.py evaluate"),
     ]
     if thresh is not None:
         rows.append(("method.conf_thresh", thresh, cfg_file))
     if dataset == "cityscapes":
-        rows += [("dataset.eval.crop_size", 801, cfg_file), ("dataset.eval.stride_ratio", 0.6667, "supervised.py: int(801 * 2/3)")]
+        rows += [("dataset.eval.crop_size", 801, cfg_file),
+                 ("dataset.eval.stride_ratio", 0.6667, "supervised.py: int(801 * 2/3)")]
     return rows
 
 
 OHEM_200K = {"name": "ohem", "thresh": 0.7, "min_kept": 200000, "min_kept_images": 2}
 CE = {"name": "ce"}
-PASCAL = dict(dataset="pascal", crop=321, lr=0.001, head=10.0, epochs=80, split="1464", criterion=CE, backbone="resnet101")
+PASCAL = dict(dataset="pascal", crop=321, lr=0.001, head=10.0, epochs=80, split="1464", criterion=CE,
+              backbone="resnet101")
 CITY = dict(dataset="cityscapes", crop=801, lr=0.005, head=1.0, epochs=240, split="1_16", criterion=OHEM_200K,
             backbone="resnet101")
-COCO = dict(dataset="coco", crop=513, lr=0.004, head=10.0, epochs=30, split="1_512", criterion=CE, backbone="xception65")
+COCO = dict(dataset="coco", crop=513, lr=0.004, head=10.0, epochs=30, split="1_512", criterion=CE,
+            backbone="xception65")
 
 def _with(rows: list[tuple], *changed: tuple) -> list[tuple]:
     """`rows` with the rows of the same keys replaced by `changed`."""
@@ -88,8 +93,8 @@ def _with(rows: list[tuple], *changed: tuple) -> list[tuple]:
 REFERENCE: dict[str, list[tuple]] = {}
 for _method in ("unimatch", "fixmatch"):
     REFERENCE[f"{_method}_pascal"] = _unimatch_family(**PASCAL, thresh=0.95, cfg_file=UNIMATCH.format("pascal"))
-    REFERENCE[f"{_method}_pascal_blended"] = _with(REFERENCE[f"{_method}_pascal"],
-                                                  ("split", "1_16", "LiheYoung/UniMatch training-logs Blended-Split-Size321"))
+    REFERENCE[f"{_method}_pascal_blended"] = _with(
+        REFERENCE[f"{_method}_pascal"], ("split", "1_16", "LiheYoung/UniMatch training-logs Blended-Split-Size321"))
     REFERENCE[f"{_method}_cityscapes"] = _unimatch_family(**CITY, thresh=0.0, cfg_file=UNIMATCH.format("cityscapes"))
     REFERENCE[f"{_method}_coco"] = _unimatch_family(**COCO, thresh=0.95, cfg_file=UNIMATCH.format("coco"))
 
@@ -109,7 +114,8 @@ REFERENCE["dssn_pascal"] = _unimatch_family(**(PASCAL | {"crop": 513, "lr": 0.00
     ("method.selection", "class_aware", DSSN_CODE + " (get_adaptive_binary_mask)"),
     ("method.class_aware.ratio", 0.96, DSSN_CODE), ("method.class_aware.min_confidence", 0.92, DSSN_CODE),
     ("method.teacher.decay", 0.996, DSSN_CODE + " (keep_rate)"), ("method.evaluate", "both", DSSN_CODE)]
-REFERENCE["dssn_pascal_blended"] = _with(REFERENCE["dssn_pascal"], ("split", "1_16", "kunzhan/DSSN voc/exp/pascal/DSSN/r101/1_16"))
+REFERENCE["dssn_pascal_blended"] = _with(REFERENCE["dssn_pascal"],
+                                         ("split", "1_16", "kunzhan/DSSN voc/exp/pascal/DSSN/r101/1_16"))
 REFERENCE["dssn_cityscapes"] = _with(_unimatch_family(
     **(CITY | {"criterion": {"name": "ohem", "thresh": 0.7, "min_kept": 100000, "min_kept_images": 1}}), thresh=0.0,
     cfg_file=DSSN_CITY) + [
@@ -155,8 +161,9 @@ def _dars(src: str, split: str, crop: int, lr: float, ratios, scales, base: int,
           backbone: str = "resnet50_psp", model: str = "pspnet") -> list[tuple]:
     rows = [("split", split, src), ("dataset.crop_size", crop, src), ("optim.lr", lr, src),
             ("optim.lr_mult.head", 10.0, DARS_TRAIN + " (modules_new at base_lr x 10)"),
-            ("optim.momentum", 0.9, src), ("optim.weight_decay", 1e-4, src), ("method.poly_lag", 0, "semseg poly_learning_rate"),
-            ("backbone.name", backbone, src), ("model.name", model, src), ("trainer.precision", "32-true", src + " (apex O0)"),
+            ("optim.momentum", 0.9, src), ("optim.weight_decay", 1e-4, src),
+            ("method.poly_lag", 0, "semseg poly_learning_rate"), ("backbone.name", backbone, src),
+            ("model.name", model, src), ("trainer.precision", "32-true", src + " (apex O0)"),
             ("method.stages.pseudo1.labeling_ratio", ratios[0], src.replace("*", "gen_pseudo_label_*") + " round 1"),
             ("method.stages.pseudo2.labeling_ratio", ratios[1], src.replace("*", "gen_pseudo_label_*") + " round 2"),
             ("dataset.eval.mode", "sliding", src + " (evaluate_full_size)"), ("dataset.eval.base_size", base, src),
@@ -165,12 +172,14 @@ def _dars(src: str, split: str, crop: int, lr: float, ratios, scales, base: int,
             ("method.generation.window", "centred", "CVMI-Lab/DARS tool/gen_pseudo_label.py (the same scale_process)"),
             ("recipe.reported", "best", DARS_TRAIN + " (best_val_miou)")]
     for i, (round_, scale, start) in enumerate(zip(("round0", "round1", "round2"), scales, starts)):
-        rows += [(f"stages.{round_}.dataset.scale_range", scale, src.replace("*", f"train_*round{i}*")),
-                 (f"stages.{round_}.validation.after_epoch", start, src.replace("*", f"train_*round{i}*") + " evaluate_start"),
-                 (f"stages.{round_}.validation.every_n_epochs", freq[i], src.replace("*", f"train_*round{i}*") + " evaluate_freq"),
-                 (f"stages.{round_}.data.global_batch_size", batches[i], src.replace("*", f"train_*round{i}*") + " batch_size"),
+        round_file = src.replace("*", f"train_*round{i}*")
+        rows += [(f"stages.{round_}.dataset.scale_range", scale, round_file),
+                 (f"stages.{round_}.validation.after_epoch", start, round_file + " evaluate_start"),
+                 (f"stages.{round_}.validation.every_n_epochs", freq[i], round_file + " evaluate_freq"),
+                 (f"stages.{round_}.data.global_batch_size", batches[i], round_file + " batch_size"),
                  (f"stages.{round_}.data.geometric_aug", {"rotate": 10, "blur_p": 0.5, "pad": "mean",
-                                                          "pad_position": "centre"}, "semseg util/transform.py Crop")]
+                                                          "pad_position": "centre", "scale_interpolation": "linear"},
+                  "semseg util/transform.py RandScale (linear), Crop (padding around the image)")]
     return rows
 
 
@@ -415,7 +424,8 @@ def test_dars_validates_on_its_releases_cadence(name, stage, count):
 
     cfg = compose_recipe(name)
     names = list(cfg.method.stages)
-    before = sum(int(cfg.method.stages[s].epochs) for s in names[:names.index(stage)] if cfg.method.stages[s].kind == "train")
+    before = sum(int(cfg.method.stages[s].epochs) for s in names[:names.index(stage)]
+                 if cfg.method.stages[s].kind == "train")
     stage_cfg = stage_config(cfg, cfg.method.stages[stage], before)
     cadence = validation_cadence(stage_cfg)
     epochs = int(cfg.method.stages[stage].epochs)
