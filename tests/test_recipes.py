@@ -459,3 +459,19 @@ def test_a_bad_variant_on_the_command_line_is_one_line_and_exit_2(tmp_path):
     assert run.returncode == 2 and run.stderr.strip().splitlines() == [
         "error: variant=crop361: no such variant of recipe dars_pascal; it has no variants"]
     assert not any(tmp_path.iterdir())
+
+
+def test_cfg_job_of_the_mission_command_shows_daws_published_run():
+    """`python train.py method=daw dataset=pascal split=1464 --cfg job --resolve`, as a user types it."""
+    import yaml
+
+    from tests.conftest import run_cli
+
+    run = run_cli("train.py", "method=daw", "dataset=pascal", "split=1464", "--cfg", "job", "--resolve")
+    assert run.returncode == 0, run.stderr[-2000:]
+    cfg = yaml.safe_load(run.stdout)
+    assert cfg["recipe"]["name"] == "daw_pascal"
+    assert cfg["recipe"]["source"] == "yuisuen/DAW configs/pascal.yaml, daw.py"
+    assert (cfg["dataset"]["crop_size"], cfg["data"]["global_batch_size"], cfg["optim"]["_target_"], cfg["optim"]["lr"],
+            cfg["optim"]["lr_mult"]["head"], cfg["dataset"]["epochs"], cfg["trainer"]["precision"]) == (
+        513, 8, "torch.optim.SGD", 0.001, 10.0, 80, "32-true")
