@@ -123,7 +123,7 @@ class RunChecks(Callback):
             if choices is not None:
                 from sslseg.recipes import check_variant
 
-                check_variant(config, OmegaConf.to_container(choices))
+                check_variant(OmegaConf.to_container(choices))
             output = Path(str(OmegaConf.select(config, dir_key)))
             check_writable(output, _output_option(config, dir_key))
             if self.resume and dir_key == "hydra.run.dir" and OmegaConf.select(config, "ckpt_path") is not None:

@@ -69,7 +69,7 @@ def variants_of(method: str, dataset: str) -> list[str]:
     return sorted(p.stem[len(prefix):] for p in RECIPE_DIR.glob(f"{prefix}*.yaml"))
 
 
-def check_variant(cfg: DictConfig, choices: dict) -> None:
+def check_variant(choices: dict) -> None:
     """`variant=<name>` names an existing variant of the pair's recipe (one UserError otherwise: the optional
     defaults entry would silently load nothing)."""
     variant = str(choices.get("variant") or PUBLISHED)
@@ -157,7 +157,7 @@ def _validation(cfg: DictConfig) -> str:
 
 def summary(cfg: DictConfig) -> str:
     """The key values of the composed run, in one phrase."""
-    OmegaConf.resolve(cfg := OmegaConf.create(OmegaConf.to_container(cfg, resolve=False)))
+    cfg = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
     decoder = OmegaConf.select(cfg, "method.network.decoder") or cfg.model.name  # DDFP: U2PL's decoder
     return (f"{cfg.backbone.name} + {decoder}, crop {cfg.dataset.crop_size}, {_batch(cfg)}, {_optimizer(cfg)}, "
             f"{_schedule(cfg)}, {_precision(cfg.trainer.precision)}, {_validation(cfg)}")

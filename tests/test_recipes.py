@@ -360,11 +360,11 @@ def test_a_variant_that_does_not_exist_is_one_line():
     from sslseg.recipes import check_variant
 
     with pytest.raises(UserError) as exc:
-        check_variant(None, {"method": "dars", "dataset": "pascal", "variant": "crop361"})
+        check_variant({"method": "dars", "dataset": "pascal", "variant": "crop361"})
     assert str(exc.value) == "variant=crop361: no such variant of recipe dars_pascal; it has no variants"
     with pytest.raises(UserError, match="its variants: crop361, crop361_split4, deeplabv2, split4"):
-        check_variant(None, {"method": "dars", "dataset": "cityscapes", "variant": "blended"})
-    check_variant(None, {"method": "dars", "dataset": "cityscapes", "variant": "deeplabv2"})
+        check_variant({"method": "dars", "dataset": "cityscapes", "variant": "blended"})
+    check_variant({"method": "dars", "dataset": "cityscapes", "variant": "deeplabv2"})
 
 
 def test_experiment_is_an_alias_of_the_recipe():
