@@ -57,6 +57,8 @@ TYPED_OPTIONS = (
     ("trainer.devices", _devices, "a positive integer, -1, auto, or a list of device ids"),
     ("trainer.num_nodes", _positive_int, "a positive integer"),
     ("optim.lr", _positive_number, "a positive number"),
+    ("validation.every_n_epochs", _int_at_least(0), "an integer ≥ 0 (0: the final weights only)"),
+    ("validation.after_epoch", _int_at_least(0), "an integer ≥ 0"),
     ("seed", _int_at_least(0), "an integer ≥ 0"),
     ("split", _split, "a split folder name (92, 1_16, ...)"),
     ("callbacks.checkpoint.every_n_steps", _int_at_least(0), "an integer ≥ 0 (0: at epoch ends only)"),
@@ -118,6 +120,11 @@ class RunChecks(Callback):
         global FRESH_RUN_DIR
         try:
             check_config(config)
+            choices = OmegaConf.select(config, "hydra.runtime.choices")
+            if choices is not None:
+                from sslseg.recipes import check_variant
+
+                check_variant(OmegaConf.to_container(choices))
             output = Path(str(OmegaConf.select(config, dir_key)))
             FRESH_RUN_DIR = None if dir_key != "hydra.run.dir" or output.exists() else output.absolute()
             check_writable(output, _output_option(config, dir_key))

@@ -29,6 +29,8 @@ from sslseg.data.datamodule import SemiSegDataModule
 from sslseg.errors import UserError
 from sslseg.loggers import LossProgressBar, build_callbacks, build_loggers, log_config, logger_lines
 from sslseg.methods.base import SemiSegModule
+from sslseg.recipes import results_entry as recipe_entry
+from sslseg.recipes import start_line
 from sslseg.results import format_iou_table, provenance, write_results
 
 
@@ -60,11 +62,22 @@ def uses_gpu(trainer_cfg: DictConfig) -> bool:
     return accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
 
 
-def trainer_kwargs(cfg: DictConfig) -> dict:
+HALF_PRECISION = ("16-mixed", "16", 16, "16-true")  # fp16: needs a GPU in Lightning
+
+
+def trainer_kwargs(cfg: DictConfig, say: bool = False) -> dict:
+    """The Trainer's keyword arguments from `trainer`. The recipes' precision is the reference's (32-true, or
+    16-mixed with a GradScaler for DDFP and PCT); without a GPU fp16 runs as 32-true (`say`: one line says so)."""
     kwargs = OmegaConf.to_container(cfg.trainer, resolve=True)
     gpu = uses_gpu(cfg.trainer)
     if kwargs.get("precision") == "auto":
         kwargs["precision"] = "bf16-mixed" if gpu else "32-true"
+    if kwargs.get("precision") in HALF_PRECISION and not gpu:
+        if say:
+            rank_zero_info(f"trainer.precision={kwargs['precision']} runs as 32-true without a GPU")
+        kwargs["precision"] = "32-true"
+    if not kwargs.get("check_val_every_n_epoch"):  # validation.every_n_epochs=0: ValidationCadence decides
+        kwargs["check_val_every_n_epoch"] = 1
     if OmegaConf.select(cfg, "method.find_unused_parameters", default=False) and kwargs.get("strategy") == "ddp":
         # a method whose graph leaves some parameters out in some steps (DDFP's epoch 0)
         kwargs["strategy"] = "ddp_find_unused_parameters_true"
@@ -73,6 +86,35 @@ def trainer_kwargs(cfg: DictConfig) -> dict:
         rank_zero_info("trainer.sync_batchnorm ignored on CPU (SyncBatchNorm needs GPUs)")
         kwargs["sync_batchnorm"] = False
     return kwargs
+
+
+class ValidationCadence(pl.Callback):
+    """The reference's validation epochs (`validation`): epoch e (1-based, counted over an offline method's
+    rounds, as semseg's epoch_log) validates when every_n_epochs > 0, e > after_epoch and
+    (e - after_epoch) % every_n_epochs == 0; every_n_epochs 0 validates no epoch (the final weights are scored
+    after training, `fit`). Lightning reads trainer.check_val_every_n_epoch at every epoch: set here."""
+
+    NEVER = 1 << 30
+
+    def __init__(self, every_n_epochs: int, after_epoch: int = 0, offset_epochs: int = 0):
+        self.every, self.after, self.offset = int(every_n_epochs), int(after_epoch), int(offset_epochs)
+
+    def validates(self, epoch: int) -> bool:
+        """Whether the epoch of 0-based index `epoch` in this fit ends with a validation."""
+        e = self.offset + epoch + 1
+        return self.every > 0 and e > self.after and (e - self.after) % self.every == 0
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        trainer.check_val_every_n_epoch = 1 if self.validates(trainer.current_epoch) else self.NEVER
+
+
+def validation_cadence(cfg: DictConfig) -> ValidationCadence | None:
+    """The callback when `validation` is more than Lightning's every-n-epochs (a start epoch, or none at all)."""
+    val = cfg.get("validation") or {}
+    every, after = int(val.get("every_n_epochs", 1) or 0), int(val.get("after_epoch", 0) or 0)
+    if every > 0 and after == 0:
+        return None  # trainer.check_val_every_n_epoch follows validation.every_n_epochs
+    return ValidationCadence(every, after, int(cfg.optim.get("schedule_offset_epochs", 0) or 0))
 
 
 PROFILERS = {"simple": SimpleProfiler, "advanced": AdvancedProfiler, "pytorch": PyTorchProfiler}
@@ -158,13 +200,14 @@ def train(cfg: DictConfig) -> dict | None:
         torch.set_float32_matmul_precision(cfg.perf.matmul_precision)
 
         cls = method_class(cfg)
+        _say_recipe(cfg)
         if cfg.method.get("stages"):
             from sslseg.stages import run_stages
 
             results = run_stages(cfg, cls, run_dir)  # its wall time sums the stages'
         else:
             results = fit(cfg, cls, run_dir, ckpt_path=ckpt_path, started=started)
-        results |= provenance(list(HydraConfig.get().overrides.task))
+        results |= {"recipe": recipe_entry(cfg)} | provenance(list(HydraConfig.get().overrides.task))
         debug = HydraConfig.get().runtime.choices.get("debug")
         if debug:  # a debug config's cut-short run: `python -m sslseg.results` leaves it out
             results["debug"] = debug
@@ -221,12 +264,15 @@ def fit(cfg: DictConfig, cls: type[SemiSegModule], out_dir: Path, ckpt_path: str
 
     loggers = build_loggers(cfg, out_dir)
     callbacks = build_callbacks(cfg, out_dir / "checkpoints", cfg.trainer, with_logger=bool(loggers))
+    cadence = validation_cadence(cfg)
+    if cadence is not None:
+        callbacks.append(cadence)
     checkpoint = next((c for c in callbacks if isinstance(c, RunCheckpoints)), None)
     if checkpoint is None:
         raise UserError("callbacks.checkpoint: sslseg needs an sslseg.checkpoint.RunCheckpoints callback "
                         "(its best.ckpt is evaluated, resumed and loaded by eval.py)")
     checkpoint.count_time_from(started)
-    kwargs = trainer_kwargs(cfg)
+    kwargs = trainer_kwargs(cfg, say=True)
     if isinstance(kwargs.get("profiler"), str):
         kwargs["profiler"] = profiler_into(kwargs["profiler"], out_dir)
     trainer = pl.Trainer(**kwargs, logger=loggers or False, callbacks=callbacks, default_root_dir=str(out_dir))
@@ -245,12 +291,18 @@ def fit(cfg: DictConfig, cls: type[SemiSegModule], out_dir: Path, ckpt_path: str
         steps = module.train_steps  # validate(ckpt_path=...) below restores the best checkpoint's count
         # Kept in a local: validate(ckpt_path=...) restores the callback's state from that file.
         best_path = checkpoint.best_model_path
-        if module.last_val is None or not best_path:  # stopped (max_steps) before any validation
+        if module.last_val is None or module.validated_at != steps:
+            # The final weights were not validated (a step budget that ends mid-epoch, a cadence that skips the
+            # last epoch, PCT's final-only test): score them, and keep them as best.ckpt when they beat the rest.
+            best_score = None if module.last_val is None or not best_path else checkpoint.best_model_score
             _label(bar, "validation of the final weights")
             trainer.validate(module, datamodule=datamodule, verbose=False)
-            best_path = str(out_dir / "checkpoints" / "best.ckpt")
-            trainer.save_checkpoint(best_path)
+            module.validations += 1
+            if best_score is None or module.last_val["mIoU"] > float(best_score):
+                best_path = str(out_dir / "checkpoints" / "best.ckpt")
+                trainer.save_checkpoint(best_path)
         final = best = module.last_val
+        validations = module.validations
         if cfg.evaluate_best:
             _label(bar, "validation of best.ckpt")
             trainer.validate(module, datamodule=datamodule, ckpt_path=best_path, verbose=False)
@@ -276,6 +328,9 @@ def fit(cfg: DictConfig, cls: type[SemiSegModule], out_dir: Path, ckpt_path: str
         "eval_protocol": OmegaConf.to_container(cfg.dataset.eval, resolve=True),
         "per_class_IoU": best["per_class_IoU"],
         "best_checkpoint": best_path, "steps": steps,
+        # What the recipe's paper reports (best of the validations, or the final weights), and how many
+        # validations the best was chosen from (the reference's cadence, plus the final weights when it skipped them).
+        "reported": reported(cfg), "best_from_validations": validations,
         "epochs": int(trainer.current_epoch),
         "devices": trainer.world_size, "global_batch_size": global_batch,
         "precision": str(trainer.precision), "run_dir": str(out_dir),
@@ -300,6 +355,18 @@ def _say_how_to_resume(cfg: DictConfig, signal_name: str, steps: int, checkpoint
           file=sys.stderr, flush=True)
 
 
+def reported(cfg: DictConfig) -> str:
+    """best | final: the number the run's paper reports (its recipe's `reported`; best without a recipe)."""
+    recipe = cfg.get("recipe")
+    return str(recipe.get("reported", "best")) if recipe else "best"
+
+
+@rank_zero_only
+def _say_recipe(cfg: DictConfig) -> None:
+    """The run's first line: its recipe and source with the key values, or that the pair has none."""
+    print(start_line(cfg), flush=True)
+
+
 @rank_zero_only
 def _report(run_dir: Path, results: dict) -> None:
     write_results(run_dir / "results.json", results)
@@ -307,7 +374,8 @@ def _report(run_dir: Path, results: dict) -> None:
     if results.get("network"):
         print(network_sentence(results.get("network"), results.get("network_scores")))
     print(f"results: {run_dir / 'results.json'}")
-    print(f"val mIoU: {results['best_val_mIoU']:.2f}", flush=True)
+    key = "final_val_mIoU" if results.get("reported") == "final" else "best_val_mIoU"
+    print(f"val mIoU: {results[key]:.2f}", flush=True)
 
 
 def network_sentence(network: str, scores: dict | None) -> str:

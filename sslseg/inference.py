@@ -11,6 +11,8 @@ Mode (`dataset.eval.mode`):
     border, each run at its own size (windows of one size still share a batch). Window for window the
     reference's evaluation; the reference sums the overlapping probabilities, the mean here has the
     same argmax.
+  - `centred`: as `shifted`, but an image smaller than a window is padded around its centre, as semseg
+    (DARS) pads it, instead of on the right and bottom; the padding is the mean colour in both.
 
 Scales and flip (`dataset.eval.scales`, `dataset.eval.flip`), as Learning-Pseudo-Label's and DARS's
 evaluations: for every scale s the image is resized to round(s·H) x round(s·W), predicted with the mode,
@@ -44,7 +46,7 @@ from sslseg.errors import UserError
 Logits = Callable[[torch.Tensor], torch.Tensor]
 
 MODES = ("whole", "center_crop", "sliding")
-WINDOWS = ("shifted", "truncated")
+WINDOWS = ("shifted", "truncated", "centred")
 AVERAGES = ("probs", "logits")
 
 
@@ -66,10 +68,13 @@ def sliding_window_scores(scores_fn: Logits, image: torch.Tensor, num_classes: i
     """`scores_fn` (the per-pass quantity to average) over windows, averaged where they overlap,
     (B, K, H, W) float32. Memory is bounded by window_batch crops, whatever the image size."""
     b, _, h, w = image.shape
-    if window == "shifted":
+    top = left = 0
+    if window in ("shifted", "centred"):
         pad_h, pad_w = max(crop - h, 0), max(crop - w, 0)
+        if window == "centred":  # semseg: the padding around the image (the mean colour, 0 once normalised)
+            top, left = pad_h // 2, pad_w // 2
         if pad_h or pad_w:  # images smaller than a window: pad, predict, crop back
-            image = F.pad(image, (0, pad_w, 0, pad_h))
+            image = F.pad(image, (left, pad_w - left, top, pad_h - top))
         hp, wp = image.shape[-2:]
         boxes = [(y, x, crop, crop) for y in _starts(hp, crop, stride) for x in _starts(wp, crop, stride)]
     elif window == "truncated":
@@ -90,7 +95,7 @@ def sliding_window_scores(scores_fn: Logits, image: torch.Tensor, num_classes: i
             for (y, x), s in zip(chunk, scores_fn(windows).float().split(b)):
                 scores[:, :, y : y + wh, x : x + ww] += s
                 count[:, :, y : y + wh, x : x + ww] += 1
-    return (scores / count)[:, :, :h, :w]
+    return (scores / count)[:, :, top : top + h, left : left + w]
 
 
 def sliding_window_probs(logits_fn: Logits, image: torch.Tensor, num_classes: int, crop: int, stride: int,
@@ -101,12 +106,21 @@ def sliding_window_probs(logits_fn: Logits, image: torch.Tensor, num_classes: in
 
 
 def center_crop_logits(logits_fn: Logits, image: torch.Tensor, crop: int) -> torch.Tensor:
-    """Pad the normalised image symmetrically with 0 (the mean colour) to at least crop x crop, run
-    once, and return the logits of the original pixels."""
+    """Pad the normalised image symmetrically to at least crop x crop with black, as DDFP (U2PL) pads the raw
+    image with 0 before normalising it, run once, and return the logits of the original pixels."""
+    from sslseg.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+
     h, w = image.shape[-2:]
     top, left = max(crop - h, 0) // 2, max(crop - w, 0) // 2
     bottom, right = max(crop - h, 0) - top, max(crop - w, 0) - left
-    logits = logits_fn(F.pad(image, (left, right, top, bottom)))
+    if top or left or bottom or right:
+        mean = torch.tensor(IMAGENET_MEAN, device=image.device, dtype=image.dtype).view(1, 3, 1, 1)
+        std = torch.tensor(IMAGENET_STD, device=image.device, dtype=image.dtype).view(1, 3, 1, 1)
+        black = -mean / std  # a raw 0 after normalisation
+        padded = black.expand(image.shape[0], 3, h + top + bottom, w + left + right).clone()
+        padded[:, :, top : top + h, left : left + w] = image
+        image = padded
+    logits = logits_fn(image)
     return logits[:, :, top : top + h, left : left + w]
 
 

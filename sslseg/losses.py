@@ -62,7 +62,7 @@ def build_criterion(cfg: DictConfig) -> nn.Module:
         return nn.CrossEntropyLoss(ignore_index=IGNORE_INDEX)
     if cfg.name == "ohem":
         return OhemCrossEntropy(thresh=cfg.thresh, min_kept=cfg.min_kept, min_kept_images=cfg.get("min_kept_images"))
-    raise UserError(f"dataset.criterion.name must be 'ce' or 'ohem', got {cfg.name!r}")
+    raise UserError(f"criterion.name must be 'ce' or 'ohem', got {cfg.name!r}")
 
 
 def masked_cross_entropy(logits: torch.Tensor, label: torch.Tensor, selected: torch.Tensor, ignore: torch.Tensor,

@@ -192,7 +192,8 @@ def test_reads_the_published_split_lists(tmp_path, dataset, split):
     splits_dir = tmp_path / "splits" / dataset
     (splits_dir / split).mkdir(parents=True)
     cfg = compose_cfg([f"dataset={dataset}", f"split={split}", f"paths.data_root={tmp_path / 'data'}",
-                       f"paths.splits={tmp_path / 'splits'}", "data.num_workers=0", "dataset.crop_size=32"])
+                       f"paths.splits={tmp_path / 'splits'}", "data.num_workers=0", "dataset.crop_size=32",
+                       "data.global_batch_size=2"])  # 6 images per list
     for name in ("labeled.txt", "unlabeled.txt"):
         lines = (src / split / name).read_text().splitlines()
         assert len(lines) > 0 and all(len(line.split()) == 2 for line in lines)

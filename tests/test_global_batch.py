@@ -11,8 +11,7 @@ from sslseg.data.batch import per_device_batch
 from sslseg.data.datamodule import SemiSegDataModule
 from sslseg.errors import UserError
 from tests.conftest import compose_cfg, last_line, mini_split, run_cli
-
-EXPERIMENTS = sorted(p.stem for p in (Path(__file__).parents[1] / "conf" / "experiment").glob("*.yaml"))
+from tests.test_recipes import RECIPES, compose_recipe
 
 
 def _toy_datamodule(data_dir: Path, *overrides: str) -> SemiSegDataModule:
@@ -74,7 +73,7 @@ def test_a_global_batch_the_devices_cannot_share_is_one_line():
                               "multiple of 3")
 
 
-# The references' global batch (per stream: labeled = unlabeled) of every preset and train stage, i.e. the
+# The references' global batch (per stream: labeled = unlabeled) of every recipe and train stage, i.e. the
 # reference's GPUs x batch per GPU, or its global batch where it states one.
 REFERENCE_GLOBAL_BATCH = {
     # ../shared/specs/unimatch_daw_ddfp.md §6.1 (UniMatch configs: batch 2 per GPU x 4 GPUs on all three datasets;
@@ -90,7 +89,8 @@ REFERENCE_GLOBAL_BATCH = {
     "ddfp_pascal": 4 * 4, "ddfp_cityscapes": 4 * 2,
     # ../shared/specs/dssn_dars_pct.md §2.2: global batches, round 0 16 labeled, rounds 1-2 8 + 8 (DeepLabv2: 4 + 4).
     **{name: {"round0": 16, "round1": 8, "round2": 8} for name in (
-        "dars_pascal", "dars_cityscapes", "dars_cityscapes_1_4", "dars_cityscapes_361", "dars_cityscapes_361_1_4")},
+        "dars_pascal", "dars_cityscapes", "dars_cityscapes_split4", "dars_cityscapes_crop361",
+        "dars_cityscapes_crop361_split4")},
     "dars_cityscapes_deeplabv2": {"round0": 16, "round1": 4, "round2": 4},
     # ../shared/specs/dssn_dars_pct.md §3.5: one GPU; stage 1 10 = 5 pixel-labeled + 5 tagged, stage 2 16.
     "pct_pascal": {"stage1": 5, "stage2": 16},
@@ -107,13 +107,13 @@ def _global_batches(cfg) -> int | dict[str, int]:
             if stage.kind == "train"}
 
 
-@pytest.mark.parametrize("name", EXPERIMENTS)
-def test_every_preset_carries_its_reference_global_batch(name):
-    cfg = compose_cfg([f"experiment={name}"])
+@pytest.mark.parametrize("name", RECIPES)
+def test_every_recipe_carries_its_reference_global_batch(name):
+    cfg = compose_recipe(name)
     assert _global_batches(cfg) == REFERENCE_GLOBAL_BATCH[name]
-    # No preset forces a device count (trainer=ddp: every GPU; PCT: trainer=gpu, one), so `trainer=gpu` or
-    # `trainer.devices=N` on the command line decides how many devices share the global batch.
-    assert cfg.trainer.devices in (-1, 1)
+    # No recipe forces a device count, so `trainer=ddp` (every GPU) or `trainer.devices=N` on the command line
+    # decides how many devices share the global batch.
+    assert cfg.trainer.devices == 1
 
 
 @pytest.mark.slow

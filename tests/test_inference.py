@@ -45,6 +45,39 @@ def test_center_crop_returns_original_pixels():
     torch.testing.assert_close(out, model(image), atol=1e-5, rtol=1e-5)
 
 
+
+def test_center_crop_pads_with_black_before_normalisation():
+    """DDFP (U2PL) pads the raw image with 0 and normalises after: the padding is black, not the mean colour."""
+    from sslseg.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+    from sslseg.inference import center_crop_logits
+
+    seen = []
+    center_crop_logits(lambda x: seen.append(x) or x, torch.zeros(1, 3, 4, 6), crop=8)
+    black = torch.tensor([-m / s for m, s in zip(IMAGENET_MEAN, IMAGENET_STD)])
+    (padded,) = seen
+    assert padded.shape == (1, 3, 8, 8)
+    torch.testing.assert_close(padded[0, :, 0, 0], black)  # the top rows: padding
+    assert (padded[0, :, 2:6, 1:7] == 0).all()  # the image itself, centred
+
+
+def test_centred_windows_pad_a_small_image_around_its_centre():
+    """semseg pads an image smaller than a window on all sides (pad // 2 on top and left), then crops back."""
+    from sslseg.inference import sliding_window_scores
+
+    seen = []
+    image = torch.ones(1, 3, 5, 12)
+
+    def scores(x):
+        seen.append(x)
+        return x[:, :2]
+
+    out = sliding_window_scores(scores, image, 2, crop=9, stride=6, window="centred")
+    assert out.shape == (1, 2, 5, 12) and (out == 1).all()  # the original pixels, wherever the padding went
+    assert seen[0].shape[-2:] == (9, 9) and (seen[0][0, 0, :2] == 0).all() and (seen[0][0, 0, 2:7] == 1).all()
+    shifted = []
+    sliding_window_scores(lambda x: shifted.append(x) or x[:, :2], image, 2, crop=9, stride=6, window="shifted")
+    assert (shifted[0][0, 0, :5] == 1).all() and (shifted[0][0, 0, 5:] == 0).all()  # padded at the bottom
+
 # -- the reference's truncated windows ----------------------------------------------------------------
 class _WidthModel(nn.Module):
     """Class 0's logit is the width of the input it is given, class 1's is 0: a window's size shows."""

@@ -8,7 +8,7 @@ from tests.conftest import compose_cfg
 
 
 def test_poly_schedule_and_head_multiplier():
-    cfg = compose_cfg(["optim.lr=0.01", "optim.lr_multiplier=10"])
+    cfg = compose_cfg(["optim.lr=0.01", "optim.lr_mult.head=10"])
     module = Supervised(cfg)
     module._trainer = SimpleNamespace(estimated_stepping_batches=100)
     conf = module.configure_optimizers()

@@ -66,7 +66,7 @@ def _assert_same_end(resumed: Path, uninterrupted: Path) -> None:
     assert weights.keys() == reference_weights.keys()
     different = [k for k in weights if not torch.equal(weights[k], reference_weights[k])]
     assert not different, different[:5]
-    for key in ("best_val_mIoU", "final_val_mIoU", "steps"):
+    for key in ("best_val_mIoU", "final_val_mIoU", "steps", "best_from_validations"):
         assert results[key] == reference[key], key
     # The CSV log is continued, not restarted: no step is logged twice. (Its rows are not yet those of the
     # uninterrupted run: the end-to-end comparison found other values at the same step labels; docs/resume.md.)

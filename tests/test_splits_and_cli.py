@@ -41,22 +41,23 @@ def test_split_overrides_are_quoted():
 def test_compose_keeps_split_folder_name():
     cfg = compose_cfg(["dataset=cityscapes", "split=1_16"])
     assert cfg.split == "1_16"  # unquoted, Hydra would give the integer 116
-    assert cfg.dataset.crop_size == 801 and cfg.dataset.criterion.name == "ohem"
+    assert cfg.dataset.crop_size == 801 and cfg.criterion.name == "ohem"
     assert cfg.dataset.eval.mode == "sliding" and cfg.backbone.name == "resnet101"
 
 
-@pytest.mark.parametrize("dataset,crop,classes,lr,mult,epochs,thresh", [
-    ("pascal", 321, 21, 0.001, 10.0, 80, 0.95),
-    ("cityscapes", 801, 19, 0.005, 1.0, 240, 0.0),
-    ("coco", 513, 81, 0.004, 10.0, 30, 0.95),
+@pytest.mark.parametrize("dataset,crop,classes,lr,mult,epochs", [
+    ("pascal", 321, 21, 0.001, 10.0, 80),
+    ("cityscapes", 801, 19, 0.005, 1.0, 240),
+    ("coco", 513, 81, 0.004, 10.0, 30),
 ])
-def test_dataset_configs_carry_published_defaults(dataset, crop, classes, lr, mult, epochs, thresh):
-    cfg = compose_cfg([f"dataset={dataset}"])
+def test_a_method_without_a_recipe_gets_unimatchs_protocol(dataset, crop, classes, lr, mult, epochs):
+    """supervised has no recipe: conf/train.yaml's defaults and conf/recipe/default_<dataset>.yaml (UniMatch's)."""
+    cfg = compose_cfg(["method=supervised", f"dataset={dataset}"])
     d = cfg.dataset
-    assert (d.crop_size, d.num_classes, d.lr, d.lr_multiplier, d.epochs, d.conf_thresh) == (
-        crop, classes, lr, mult, epochs, thresh)
-    assert len(d.class_names) == classes and d.batch_size == 2
-    assert cfg.optim.lr == lr and cfg.trainer.max_epochs == epochs
+    assert (d.crop_size, d.num_classes, d.epochs, cfg.optim.lr, cfg.optim.lr_mult.head) == (crop, classes, epochs, lr,
+                                                                                           mult)
+    assert len(d.class_names) == classes and cfg.data.global_batch_size == 8 and cfg.recipe is None
+    assert cfg.trainer.max_epochs == epochs and cfg.trainer.precision == "32-true"
     # UniMatch's strong view on every real dataset.
     assert OmegaConf.to_container(cfg.data.strong_aug) == {
         "jitter_p": 0.8, "brightness": 0.5, "contrast": 0.5, "saturation": 0.5, "hue": 0.25,

@@ -192,3 +192,32 @@ def test_extra_ops_are_part_of_the_strong_view_only_when_asked():
     seed_transforms(extended, np.random.default_rng(0))
     outputs = [extended(image=image)["image"] for _ in range(20)]
     assert all(o.shape == image.shape and o.dtype == np.uint8 for o in outputs)
+
+
+
+def test_centre_padding_puts_a_small_image_in_the_middle_of_its_crop():
+    """semseg's Crop pads around the image (pad // 2 before it); UniMatch's on the right and bottom."""
+    import numpy as np
+
+    from sslseg.data.transforms import geometric_transform
+
+    image = np.full((10, 6, 3), 200, np.uint8)
+    mask = np.ones((10, 6), np.uint8)
+    for position, columns in (("centre", slice(2, 8)), ("corner", slice(0, 6))):  # random: anywhere
+        out = geometric_transform(10, (1.0, 1.0), pad="mean", pad_position=position)(image=image, mask=mask)
+        inside = np.zeros(10, bool)
+        inside[columns] = True
+        row = out["mask"][0]
+        expected = [np.where(inside, 1, 255), np.where(inside[::-1], 1, 255)]  # the crop may be flipped
+        assert any((row == e).all() for e in expected), (position, row)
+
+    offsets = set()
+    for seed in range(20):
+        import random as _random
+
+        _random.seed(seed)
+        np.random.seed(seed)
+        out = geometric_transform(10, (1.0, 1.0), pad="mean", pad_position="random",
+                                  scale_interpolation="cubic")(image=image, mask=mask)
+        offsets.add(int(np.argmax(out["mask"][0] == 1)))
+    assert len(offsets) > 2  # Learning-Pseudo-Label's random placement

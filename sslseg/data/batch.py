@@ -1,7 +1,7 @@
 """The batch each device loads: `data.batch_size`, or `data.global_batch_size` split over the devices.
 
 The papers state their batch as a number of GPUs times a batch per GPU (UniMatch: 4 x 2 labeled + 2
-unlabeled), and their lr belongs to the product, the global batch. A preset that gives the global batch
+unlabeled), and their lr belongs to the product, the global batch. A recipe that gives the global batch
 reproduces the setting on any device count that divides it: 8 images per step are 8 per device on one
 GPU and 2 per device on four, with the same lr (no scaling). The world size is only known once the
 Trainer has resolved `trainer.devices` (-1 = every GPU) and `trainer.num_nodes`, so the DataModule

@@ -11,7 +11,7 @@ options are not given on the command line:
                 split; with several, `split=<name>` picks one.
 The run's length is a number of training steps (dataset.train_steps, about the papers' runs), whatever
 the folder's size: the epochs derive from it and from the split's unlabeled list, and validation runs at
-most about 80 times (dataset.val_every_n_epochs).
+most about 80 times (validation.every_n_epochs); both in conf/recipe/default_custom.yaml.
 
 A resolver runs whenever its option is read, so train.py, eval.py and every DDP process see the same
 values. Those Hydra reads itself (the split, in the run directory's name) never raise: an undecidable
@@ -97,7 +97,7 @@ def epochs_for_steps(steps: int, splits_dir: str, split, epoch_length: str, glob
 
 
 def ceil_div(numerator: int, denominator: int) -> int:
-    """⌈numerator / denominator⌉, at least 1 (dataset.val_every_n_epochs of dataset=custom)."""
+    """⌈numerator / denominator⌉, at least 1 (validation.every_n_epochs of dataset=custom)."""
     return max(1, math.ceil(int(numerator) / int(denominator)))
 
 

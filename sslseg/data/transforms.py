@@ -23,20 +23,30 @@ MEAN_COLOUR = tuple(round(255 * m) for m in IMAGENET_MEAN)  # (124, 116, 104): 0
 
 
 def geometric_transform(crop_size: int, scale_range: tuple[float, float], mask_fill: int = IGNORE_INDEX,
-                        rotate: float = 0.0, blur_p: float = 0.0, pad: str = "zero"):
-    """Random rescale (uniform factor in scale_range, aspect kept), pad right/bottom to the crop
-    (image `pad`: 0 as UniMatch, or the mean colour as semseg/DARS; mask `mask_fill`), random crop,
+                        rotate: float = 0.0, blur_p: float = 0.0, pad: str = "zero", pad_position: str = "corner",
+                        scale_interpolation: str = "linear"):
+    """Random rescale (uniform factor in scale_range, aspect kept; the image `scale_interpolation`: linear, or
+    cubic as Learning-Pseudo-Label; the mask nearest), pad to the crop (image `pad`: 0 as UniMatch, or the
+    mean colour as semseg/DARS and Learning-Pseudo-Label; mask `mask_fill`; `pad_position`: corner =
+    right/bottom as UniMatch, centre = around the image as semseg's Crop, random = at a random offset as
+    Learning-Pseudo-Label), random crop,
     horizontal flip. Applied to image and mask together. DARS's semseg pipeline adds, after the
     rescale, a rotation by U(±rotate)° with p 0.5 (borders: the mean colour, mask 255) and a 5×5
     Gaussian blur (σ from the kernel size, as cv2) with p `blur_p`."""
     low, high = scale_range
     if pad not in ("zero", "mean"):
         raise ValueError(f"data.geometric_aug.pad must be zero or mean, got {pad!r}")
+    positions = {"corner": "top_left", "centre": "center", "random": "random"}
+    if pad_position not in positions:
+        raise ValueError(f"data.geometric_aug.pad_position must be one of {list(positions)}, got {pad_position!r}")
+    interpolations = {"linear": cv2.INTER_LINEAR, "cubic": cv2.INTER_CUBIC}
+    if scale_interpolation not in interpolations:
+        raise ValueError(f"data.geometric_aug.scale_interpolation must be linear or cubic, got {scale_interpolation!r}")
     fill = 0 if pad == "zero" else MEAN_COLOUR
     steps = [
         A.RandomScale(
             scale_limit=(low - 1.0, high - 1.0),
-            interpolation=cv2.INTER_LINEAR,
+            interpolation=interpolations[scale_interpolation],
             # centre-aligned like bilinear (and PIL's NEAREST); cv2.INTER_NEAREST floors and
             # shifts masks up to half a source pixel against their images
             mask_interpolation=cv2.INTER_NEAREST_EXACT,
@@ -55,7 +65,8 @@ def geometric_transform(crop_size: int, scale_range: tuple[float, float], mask_f
             crop_size,
             crop_size,
             pad_if_needed=True,
-            pad_position="top_left",  # pad right/bottom only, as the reference
+            # corner: the image at the top left, padded right/bottom (UniMatch); centre: padded around it (semseg)
+            pad_position=positions[pad_position],
             border_mode=cv2.BORDER_CONSTANT,
             fill=fill,
             fill_mask=mask_fill,

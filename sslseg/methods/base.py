@@ -41,6 +41,63 @@ def class_names(dataset_cfg: DictConfig) -> list[str]:
     return list(names) if names else [f"class_{i}" for i in range(int(dataset_cfg.num_classes))]
 
 
+# Parameter-group roles of a segmentor (optim.lr_mult): module paths inside it. Any other key is a module path
+# itself (backbone.layer4); a parameter takes the multiplier of the longest key that contains it.
+GROUP_ROLES = {"backbone": "backbone", "head": "decoder", "classifier": "decoder.classifier", "aux": "decoder.aux_head"}
+# optim keys that sslseg reads itself: not arguments of the optimizer class.
+SSLSEG_OPTIM_KEYS = ("lr_mult", "poly_power", "schedule_offset_epochs", "fused")
+
+
+def param_groups(network: nn.Module, lr: float, multipliers) -> list[dict]:
+    """One group per multiplier key that holds trainable parameters, in the order the network lists them
+    (backbone, then decoder), at lr x multiplier. Parameters no key covers train at lr. A role (GROUP_ROLES) whose
+    module the network lacks (aux on a decoder without an aux head) is skipped; a module path that names nothing
+    is a typo (UserError)."""
+    paths = {key: GROUP_ROLES.get(str(key), str(key)) for key in multipliers}
+    names = [name for name, _ in network.named_parameters()]
+    for key, path in paths.items():
+        if key not in GROUP_ROLES and not any(n == path or n.startswith(path + ".") for n in names):
+            raise UserError(f"optim.lr_mult.{key}: the network has no module {path} (roles: {', '.join(GROUP_ROLES)}, "
+                            "or a module path such as backbone.layer4)")
+    groups: dict[str, dict] = {}
+    for name, param in network.named_parameters():
+        if not param.requires_grad:  # frozen (DeepLabV2's BN affine parameters)
+            continue
+        matches = [k for k, path in paths.items() if name == path or name.startswith(path + ".")]
+        key = max(matches, key=lambda k: len(paths[k])) if matches else None
+        if key not in groups:
+            groups[key] = {"params": [], "lr": lr * float(multipliers[key]) if key is not None else lr}
+        groups[key]["params"].append(param)
+    return list(groups.values())
+
+
+def instantiate_optimizer(optim_cfg: DictConfig, groups: list[dict], on_gpu: bool) -> torch.optim.Optimizer:
+    """hydra.utils.instantiate of the optimizer node (its `_target_`, `_partial_: true`, its arguments) with the
+    parameter groups. `fused: auto` turns the fused kernels on for GPU runs, where the class has them."""
+    import inspect
+
+    from hydra.utils import instantiate
+
+    node = OmegaConf.to_container(optim_cfg, resolve=True)
+    fused = node.get("fused")  # None: the class's default
+    for key in SSLSEG_OPTIM_KEYS:
+        node.pop(key, None)
+    if "_target_" not in node:
+        raise UserError("optim._target_ is missing: name the optimizer class (optim=sgd | adamw, conf/optim/)")
+    node["_partial_"] = True
+    if isinstance(node.get("betas"), list):
+        node["betas"] = tuple(node["betas"])
+    try:
+        build = instantiate(node, _convert_="all")
+    except Exception as exc:  # an unknown class or module
+        raise UserError(f"optim._target_={node['_target_']}: {str(exc).splitlines()[0]}") from None
+    if isinstance(build.keywords.get("betas"), list):
+        build.keywords["betas"] = tuple(build.keywords["betas"])
+    if fused is not None and "fused" in inspect.signature(build.func).parameters:
+        build.keywords["fused"] = (on_gpu if fused == "auto" else bool(fused)) or None
+    return build(groups)
+
+
 class SemiSegModule(pl.LightningModule):
     # Semi-and-weakly supervised methods read image-level tags of the unlabeled images (PCT): results.json
     # says so, since their numbers do not compare with the purely semi-supervised ones.
@@ -66,7 +123,8 @@ class SemiSegModule(pl.LightningModule):
         self.teacher = Teacher(self.model, **teacher_cfg) if teacher_cfg else None
         self.train_steps = 0  # training steps completed: the teacher's index; checkpointed
         self._random_states_to_restore: dict | None = None  # a resumed run's, set at its first step
-        self.criterion_l = build_criterion(self.cfg.dataset.criterion)
+        # `criterion` (top level); checkpoints from before the recipes kept it under dataset
+        self.criterion_l = build_criterion(self.cfg.get("criterion") or self.cfg.dataset.get("criterion"))
         self.register_buffer("pixel_mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1) * 255, persistent=False)
         self.register_buffer("pixel_std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1) * 255, persistent=False)
         # One confusion matrix per evaluated network (DAW and DSSN evaluate student and teacher).
@@ -75,6 +133,8 @@ class SemiSegModule(pl.LightningModule):
         self.channels_last = False  # decided once the device is known (_apply_perf)
         self._compiled = False
         self.last_val: dict | None = None
+        self.validations = 0  # validations of this fit (checkpointed): results.json's best_from_validations
+        self.validated_at = -1  # train_steps at the last validation: were the final weights scored?
         self.best_network = self.evaluated_networks()[0]  # the first until a validation selects one
         self.network_scores: dict[str, float] | None = None  # each network's mIoU at that validation
         self.fixed_network: str | None = None  # validate only this one (eval.py with a recorded selection)
@@ -175,6 +235,7 @@ class SemiSegModule(pl.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["train_steps"] = self.train_steps
+        checkpoint["validations"], checkpoint["validated_at"] = self.validations, self.validated_at
         # The network the last validation reported, and every evaluated network's mIoU there (None before the
         # first validation: best_network is then only the default). ModelCheckpoint saves best.ckpt after
         # on_validation_epoch_end, so best.ckpt records the selection that made it the best.
@@ -184,6 +245,8 @@ class SemiSegModule(pl.LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self.train_steps = int(checkpoint.get("train_steps", 0))
+        self.validations = int(checkpoint.get("validations", 0))
+        self.validated_at = int(checkpoint.get("validated_at", -1))
         # Restored at the next step, after Lightning's set-up (sanity validation, new iterators) has drawn.
         self._random_states_to_restore = checkpoint.get("random_states")
         self.restore_selection(checkpoint)
@@ -240,25 +303,13 @@ class SemiSegModule(pl.LightningModule):
         optimizer, schedule = self.build_optimizer(self.model)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
 
-    def build_optimizer(self, network: Segmentor):
-        """SGD over a segmentor's parameters with its poly schedule: the backbone at lr, the decoder at lr x
-        lr_multiplier, and, when `optim.classifier_lr_multiplier` is set, the decoder's final classifier at
-        lr x that (Learning-Pseudo-Label's 1/1/10 groups)."""
-        optim = self.cfg.optim
-        backbone, head = network.param_groups()
-        groups = [{"params": backbone, "lr": optim.lr}]
-        classifier_multiplier = optim.get("classifier_lr_multiplier")
-        if classifier_multiplier:
-            classifier = {id(p) for p in network.decoder.classifier.parameters()}
-            groups += [{"params": [p for p in head if id(p) not in classifier], "lr": optim.lr * optim.lr_multiplier},
-                       {"params": [p for p in head if id(p) in classifier], "lr": optim.lr * classifier_multiplier}]
-        else:
-            groups.append({"params": head, "lr": optim.lr * optim.lr_multiplier})
-        fused = optim.get("fused", "auto")
-        if fused == "auto":
-            fused = self.device.type == "cuda"
-        optimizer = torch.optim.SGD(groups, lr=optim.lr, momentum=optim.momentum, weight_decay=optim.weight_decay,
-                                    fused=bool(fused) or None)
+    def build_optimizer(self, network: nn.Module, optim_cfg: DictConfig | None = None):
+        """The optimizer of `optim_cfg` (default `optim`: a `_target_` class with `_partial_: true`, conf/optim/)
+        over a network's trainable parameters, with its poly schedule. The parameters form one group per
+        `optim.lr_mult` entry that matches them, at lr x that multiplier (`param_groups`)."""
+        optim_cfg = self.cfg.optim if optim_cfg is None else optim_cfg
+        groups = param_groups(network, float(optim_cfg.lr), optim_cfg.get("lr_mult") or {})
+        optimizer = instantiate_optimizer(optim_cfg, groups, self.device.type == "cuda")
         return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, self.poly_factor())
 
     def poly_factor(self):
@@ -320,6 +371,9 @@ class SemiSegModule(pl.LightningModule):
         iou, miou = scores[self.best_network]
         self.last_val = {"mIoU": float(miou), "mIoU_all_classes": float(mean_iou_all_classes(iou)),
                          "per_class_IoU": dict(zip(self.class_names, iou.tolist())), "network": self.best_network}
+        self.validated_at = self.train_steps
+        if self._trainer is not None and self.trainer.state.fn == "fit" and not self.trainer.sanity_checking:
+            self.validations += 1
         self.log("val/mIoU", miou.float(), prog_bar=True)
         if len(scores) > 1:
             self.log_dict({f"val/mIoU_{name}": m.float() for name, (_, m) in scores.items()})

@@ -28,6 +28,11 @@ Differences from the released code:
   * Each round continues the poly schedule from the previous round's cumulative epochs; the release's
     resumed optimizer carries the finished round's last lr (0) into the first step of the next round.
   * The release's `tool/train.py` imports a module that does not exist (`tool.task3.train_func`).
+  * Matched in the recipes (conf/recipe/dars_*): fp32 (apex O0), validations from evaluate_start every
+    evaluate_freq epochs per round (`validation`), the DeepLabV2 model as released (2 branches, layer4 at 10x),
+    and semseg's padding: a small crop is padded around the image with the mean colour (label 255) before the
+    random crop (`data.geometric_aug.pad_position: centre`), and an image smaller than a test window around
+    its centre (`window: centred`, evaluation and pseudo-labels). The toy defaults keep the corner padding.
 """
 
 from __future__ import annotations

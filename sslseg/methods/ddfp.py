@@ -38,9 +38,14 @@ Differences from the released code:
     sums over 256 dimensions); the release trains it under fp16 autocast with a GradScaler.
   * The flow's features are drawn with a top-k of random keys instead of `randperm` over the valid pixels
     (no host-device synchronisation); it is the same uniform draw without replacement.
+  * Matched in the recipes (conf/recipe/ddfp_*): fp16 autocast with a GradScaler (`trainer.precision=16-mixed`;
+    fp32 on CPU), a validation every 4 epochs (`validation.every_n_epochs`), the centre-crop evaluation padded
+    with black (U2PL pads the raw image with 0 before normalising). The flow's 20480 features are the release's
+    per GPU of 4 + 4 images: a device holding B labeled images draws 20480 · B / 4 (`flow.samples_images`), so a
+    global batch keeps the release's share of features on any device count.
   * The release's 1464 config lacks keys its script needs, the teacher always has 21 classes, its
-    Cityscapes splits cannot be parsed and it has no Cityscapes config (specs §4.7): the presets build on
-    its 732 config, and ddfp_cityscapes is sslseg's own choice (see the preset).
+    Cityscapes splits cannot be parsed and it has no Cityscapes config (specs §4.7): the recipes build on
+    its 732 config, and ddfp_cityscapes is sslseg's own choice (see the recipe).
 """
 
 from __future__ import annotations
@@ -55,7 +60,7 @@ from torch import nn
 from sslseg.data.transforms import IGNORE_INDEX
 from sslseg.errors import UserError
 from sslseg.losses import masked_cross_entropy, selected_share
-from sslseg.methods.base import SemiSegModule
+from sslseg.methods.base import SemiSegModule, instantiate_optimizer
 from sslseg.models.flow import UNLABELED, FeatureDensity
 from sslseg.models.segmentor import upsample
 
@@ -109,8 +114,9 @@ class DDFP(SemiSegModule):
     # -- optimisation ----------------------------------------------------------------------------------
     def configure_optimizers(self):
         seg = super().configure_optimizers()
-        flow = self.cfg.method.flow
-        adam = torch.optim.Adam(self.density.parameters(), lr=flow.lr, betas=tuple(flow.betas))
+        flow_optim = self.cfg.method.flow.optim  # the release's Adam(lr 1e-3, betas 0.5/0.9), from the config
+        groups = [{"params": list(self.density.parameters()), "lr": float(flow_optim.lr)}]
+        adam = instantiate_optimizer(flow_optim, groups, self.device.type == "cuda")
         return [seg["optimizer"], adam], [seg["lr_scheduler"]]
 
     def on_train_epoch_start(self) -> None:
@@ -122,7 +128,7 @@ class DDFP(SemiSegModule):
         if not epochs or epochs < 1:  # a step budget: the epochs it spans
             epochs = math.ceil(self.trainer.estimated_stepping_batches / max(1, self.trainer.num_training_batches))
         for group in self.optimizers()[1].optimizer.param_groups:
-            group["lr"] = float(flow.lr) * float(flow.final_lr_ratio) ** (self.current_epoch / epochs)
+            group["lr"] = float(flow.optim.lr) * float(flow.final_lr_ratio) ** (self.current_epoch / epochs)
 
     # -- the step --------------------------------------------------------------------------------------
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
@@ -209,16 +215,18 @@ class DDFP(SemiSegModule):
         return float(self.cfg.method.eps) * F.normalize(grad, dim=1)
 
     def flow_nll(self, features: torch.Tensor, y: torch.Tensor, ignore_u: torch.Tensor) -> torch.Tensor:
-        """Step 5: the NLL of at most `flow.samples` teacher features (labeled pixels: their class's density;
-        non-padded unlabeled pixels: the mixture), drawn uniformly without replacement, plus noise."""
+        """Step 5: the NLL of at most `flow.samples` x B / `flow.samples_images` teacher features, B this device's
+        labeled images (the release: 20480 per GPU of 4 + 4), from the labeled pixels (their class's density) and
+        the non-padded unlabeled pixels (the mixture), drawn uniformly without replacement, plus noise."""
         flow = self.cfg.method.flow
+        budget = int(flow.samples) * y.shape[0] // int(flow.get("samples_images") or y.shape[0])
         size = features.shape[-2:]
         nearest = lambda t: F.interpolate(t[:, None].float(), size=size, mode="nearest")[:, 0].long()
         labels_u = torch.where(nearest(ignore_u) == IGNORE_INDEX, IGNORE_INDEX, UNLABELED)
         labels = torch.cat([nearest(y), labels_u]).flatten()
         valid = labels != IGNORE_INDEX
         keys = torch.where(valid, torch.rand(labels.shape, device=labels.device), -1.0)
-        chosen = keys.topk(min(int(flow.samples), labels.numel())).indices
+        chosen = keys.topk(min(budget, labels.numel())).indices
         sample = features.detach().permute(0, 2, 3, 1).flatten(0, 2)[chosen]
         sample = sample + float(flow.noise) * torch.randn_like(sample)
         weights = valid[chosen].float()

@@ -30,7 +30,7 @@ Differences from the released code (and what sslseg does):
   * Unused release config keys: `conf_thresh` and `beta` on Pascal (class-aware selection and a
     hard-coded 0.996 replace them).
   * The Pascal release applies 1–3 extra photometric ops per strong view: here
-    data.strong_aug.extra_ops (the dssn_pascal presets set it).
+    data.strong_aug.extra_ops (the dssn_pascal recipes set it).
 """
 
 from __future__ import annotations

@@ -37,6 +37,17 @@ Differences from the released code:
     and tagged halves have data.batch_size images each (the release: 5 + 5).
   * The released stage-1 evaluation masks the prediction with the val images' tags; sslseg does so too in
     stage 1 (method.eval_with_tags), and never in stage 2.
+  * Matched in the recipe (conf/recipe/pct_pascal.yaml): fp16 autocast with a GradScaler, and only the final
+    iteration's weights are tested (`validation.every_n_epochs: 0`; results.json's reported number is
+    final_val_mIoU). The release initialises both networks from PyTorch-Encoding's resnet101s weights
+    (resnet101s-03a0f310.zip): unzip its .pth into paths.pretrained_dir. The seed methods' deep-stem
+    resnet101.pth has the same key names and loads as well (`backbone.pretrained=<dir>/resnet101.pth`), but it is
+    another ImageNet training of the same architecture (whether its weights are the same is not known): expect
+    different numbers.
+    The recipe also crops as the release does: a crop larger than the image is padded with the mean colour
+    (0 once normalised) at a random offset, and random scales resize the image with cubic interpolation
+    (`data.geometric_aug: {pad: mean, pad_position: random, scale_interpolation: cubic}`); the toy defaults
+    keep UniMatch's (black, right and bottom, bilinear).
 """
 
 from __future__ import annotations

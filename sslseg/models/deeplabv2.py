@@ -13,14 +13,15 @@ so torchvision's `resnet101-5d3b4d8f.pth` (the file DARS loads) loads strictly.
 Deliberate differences from the released code:
 
 - `branches`: the release's classifier returns inside its loop after adding the second branch, so only
-  the dilation-6 and dilation-12 convs are summed (inherited from AdvSemiSeg; specs §2.7). Here all
-  four are summed by default (`branches: 4`); `branches: 2` reproduces the release. With 2, only the two
-  used convs are built: the release also builds the dilation-18/24 convs, which never get a gradient
-  and do not change the output, and unused parameters would stop DDP.
+  the dilation-6 and dilation-12 convs are summed (inherited from AdvSemiSeg). The DARS recipe
+  (conf/recipe/dars_cityscapes_deeplabv2.yaml) is that published model, `branches: 2`; the model config's
+  default sums all four (`branches: 4`), as the paper describes DeepLabV2. With 2, only the two used convs are
+  built: the release also builds the dilation-18/24 convs, which never get a gradient and do not change the
+  output, and unused parameters would stop DDP.
 - Learning rates: the release hard-codes `index_split = 5` for its six backbone groups (conv1, bn1,
-  layer1-4), so from the second iteration layer4 trains at 10x lr (specs §2.7). sslseg keeps the whole
-  backbone at the base lr and the classifier at lr x `optim.lr_multiplier` (10 in DARS) through the
-  segmentor's two parameter groups, which leave the frozen BN parameters out.
+  layer1-4), so layer4 trains at 10x lr with the classifier. The recipe does the same
+  (`optim.lr_mult: {backbone.layer4: 10.0}`), from the first iteration: the release's first iteration runs
+  every group at its initial lr (layer4 at 1x) until its first poly update. Frozen BN parameters are left out.
 - The release builds plain BatchNorm2d (per-GPU statistics); sslseg's `trainer=ddp` converts BN to
   SyncBN, so set `trainer.sync_batchnorm=false` to match it.
 - With `pretrained: null` the backbone starts from DeepStemResNet's Kaiming init; the release draws
