@@ -62,25 +62,25 @@ DENSE_BF16_PEAK_TFLOPS = (
 )
 
 # The training step of every method at its published setting: (row, config overrides, precisions beyond
-# fp32/bf16/bf16+channels_last, streams, description). The presets carry network, crop and global batch.
+# fp32/bf16/bf16+channels_last, streams, description). The recipes carry network, crop and global batch.
 STEP_CASES = (
-    ("unimatch", ["experiment=unimatch_pascal"], (), None, "UniMatch, Pascal: R101 DeepLabV3+, crop 321, 8 + 8"),
+    ("unimatch", ["method=unimatch", "dataset=pascal"], (), None, "UniMatch, Pascal: R101 DeepLabV3+, crop 321, 8 + 8"),
     ("supervised", ["method=supervised", "dataset=pascal", "data.global_batch_size=8"], (), None,
      "supervised, Pascal: R101 DeepLabV3+, crop 321, 8"),
-    ("fixmatch", ["experiment=fixmatch_pascal"], (), None, "FixMatch, Pascal: R101 DeepLabV3+, crop 321, 8 + 8"),
-    ("daw", ["experiment=daw_pascal"], (), None, "DAW, Pascal: R101 DeepLabV3+, crop 513, 8 + 8"),
-    ("dssn", ["experiment=dssn_pascal"], (), None, "DSSN, Pascal: R101 DeepLabV3+, crop 513, 8 + 8"),
+    ("fixmatch", ["method=fixmatch", "dataset=pascal"], (), None, "FixMatch, Pascal: R101 DeepLabV3+, crop 321, 8 + 8"),
+    ("daw", ["method=daw", "dataset=pascal"], (), None, "DAW, Pascal: R101 DeepLabV3+, crop 513, 8 + 8"),
+    ("dssn", ["method=dssn", "dataset=pascal"], (), None, "DSSN, Pascal: R101 DeepLabV3+, crop 513, 8 + 8"),
     # The full step of epochs >= 2 (flow-perturbed), not the supervised epoch 0.
-    ("ddfp", ["experiment=ddfp_pascal", "method.sup_only_epochs=0", "method.flow_start_epoch=-1",
+    ("ddfp", ["method=ddfp", "dataset=pascal", "method.sup_only_epochs=0", "method.flow_start_epoch=-1",
               "method.teacher.copy_epochs=0"], ("fp16",), None,
      "DDFP, Pascal: U2PL R101 DeepLabV3+ + flow, crop 513, 16 + 16"),
     # A round >= 1 step: a labeled and a pseudo-labelled batch, each its own forward.
-    ("dars", ["experiment=dars_cityscapes"], (), ("labeled", "pseudo"),
+    ("dars", ["method=dars", "dataset=cityscapes"], (), ("labeled", "pseudo"),
      "DARS round step, Cityscapes: PSPNet-50, crop 713, 8 + 8"),
     # Stage 1 (cross training of two networks), the release's 5 + 5 images per step.
-    ("pct", ["experiment=pct_pascal", "data.global_batch_size=5"], ("fp16",), None,
+    ("pct", ["method=pct", "dataset=pascal", "data.global_batch_size=5"], ("fp16",), None,
      "PCT cross step, Pascal: two R101 DeepLabV3+ (OS8), crop 384, 5 + 5"),
-    ("unimatch_xception", ["experiment=unimatch_coco"], (), None,
+    ("unimatch_xception", ["method=unimatch", "dataset=coco"], (), None,
      "UniMatch, COCO: Xception-65 DeepLabV3+, crop 513, 8 + 8"),
 )
 PRECISIONS = {  # row label: (Lightning precision, channels_last)
@@ -434,7 +434,7 @@ def tree_overrides(root: Path) -> list[str]:
 def section_pipeline(rec: Recorder, sizes: Sizes, tree: Path) -> None:
     from sslseg.experiment import build_datamodule, method_class
 
-    cfg = compose(["experiment=unimatch_pascal", *tree_overrides(tree)], sizes)
+    cfg = compose(["method=unimatch", "dataset=pascal", *tree_overrides(tree)], sizes)
     cls = method_class(cfg)
     recipe_workers = int(cfg.data.num_workers)
     for workers in sizes.workers or (recipe_workers, 8):
@@ -473,8 +473,8 @@ def section_inference(rec: Recorder, sizes: Sizes) -> None:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     torch.backends.cudnn.benchmark = True
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
-    runs = (("whole", ["experiment=unimatch_pascal"], sizes.whole_size),
-            ("sliding", ["experiment=unimatch_cityscapes"], sizes.sliding_size))
+    runs = (("whole", ["method=unimatch", "dataset=pascal"], sizes.whole_size),
+            ("sliding", ["method=unimatch", "dataset=cityscapes"], sizes.sliding_size))
     for mode, overrides, size in runs:
         cfg = compose(overrides, sizes)
         module = method_class(cfg)(cfg, load_pretrained=False).to(device)
@@ -504,7 +504,7 @@ def section_curves(rec: Recorder, sizes: Sizes, tree: Path) -> None:
     workers = min(8, (os.cpu_count() or 3) // 3) if device_gpu else 0  # per stream: 3 streams
     curves = {}
     for label, precision in (("fp32", "32-true"), ("bf16", "bf16-mixed")):
-        cfg = compose(["experiment=unimatch_pascal", *tree_overrides(tree), f"data.num_workers={workers}",
+        cfg = compose(["method=unimatch", "dataset=pascal", *tree_overrides(tree), f"data.num_workers={workers}",
                        "data.persistent_workers=false"], sizes)
         cls = method_class(cfg)
         pl.seed_everything(0, workers=True, verbose=False)

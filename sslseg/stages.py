@@ -148,8 +148,12 @@ def damaged_pseudo_labels(pseudo_list: Path, root: Path, num_classes: int) -> li
     each listed pseudo-label present and fully decodable, its image's size, values within the classes or 255."""
     if not pseudo_list.is_file():
         return []
+    try:
+        samples = read_split_file(pseudo_list, need_masks=True)
+    except UserError as exc:  # the list itself (written last, atomically) is damaged
+        return [str(exc)]
     problems = []
-    for sample in read_split_file(pseudo_list, need_masks=True):
+    for sample in samples:
         label = pseudo_list.parent / sample.mask
         try:
             mask = read_mask(label, num_classes)  # a missing or truncated file is a UserError naming it
