@@ -301,6 +301,9 @@ def fit(cfg: DictConfig, cls: type[SemiSegModule], out_dir: Path, ckpt_path: str
             if best_score is None or module.last_val["mIoU"] > float(best_score):
                 best_path = str(out_dir / "checkpoints" / "best.ckpt")
                 trainer.save_checkpoint(best_path)
+        if not best_path:  # validated, but no checkpoint written (fast_dev_run): the final weights are the best
+            best_path = str(out_dir / "checkpoints" / "best.ckpt")
+            trainer.save_checkpoint(best_path)
         final = best = module.last_val
         validations = module.validations
         if cfg.evaluate_best:
