@@ -40,6 +40,20 @@ def _devices(value: Any) -> bool:
     return isinstance(value, (list, tuple)) and len(value) > 0 and all(_int_at_least(0)(v) for v in value)
 
 
+def _number_in(low: float, high: float, low_open: bool = False, high_open: bool = False):
+    def valid(value: Any) -> bool:
+        if not isinstance(value, (int, float)) or isinstance(value, bool):
+            return False
+        return (value > low if low_open else value >= low) and (value < high if high_open else value <= high)
+    return valid
+
+
+_non_negative = _number_in(0, float("inf"))
+_optional = lambda test: lambda value: value is None or test(value)  # noqa: E731
+# A confidence threshold that no probability can reach (≥ 1) would select no pixel, ever: refused.
+_threshold = _optional(_number_in(0, 1, high_open=True))
+
+
 def _split(value: Any) -> bool:
     if value is None:  # dataset=custom found no single split to pick: check_split says which exist
         return True
@@ -52,7 +66,7 @@ TYPED_OPTIONS = (
     ("data.global_batch_size", lambda v: v is None or _positive_int(v), "a positive integer or null"),
     ("data.val_batch_size", _positive_int, "a positive integer"),
     ("data.num_workers", _int_at_least(0), "an integer ≥ 0"),
-    ("trainer.max_steps", _int_at_least(-1), "an integer ≥ 1, or -1 for no limit"),
+    ("trainer.max_steps", lambda v: v == -1 or _positive_int(v), "an integer ≥ 1, or -1 for no limit"),
     ("trainer.max_epochs", lambda v: v is None or _int_at_least(-1)(v), "an integer ≥ 1, or -1 for no limit"),
     ("trainer.devices", _devices, "a positive integer, -1, auto, or a list of device ids"),
     ("trainer.num_nodes", _positive_int, "a positive integer"),
@@ -62,12 +76,52 @@ TYPED_OPTIONS = (
     ("seed", _int_at_least(0), "an integer ≥ 0"),
     ("split", _split, "a split folder name (92, 1_16, ...)"),
     ("callbacks.checkpoint.every_n_steps", _int_at_least(0), "an integer ≥ 0 (0: at epoch ends only)"),
+    ("dataset.crop_size", _positive_int, "a positive integer (pixels)"),
+    # The methods' numeric options (a key a method does not have is skipped; `*`: every entry of that mapping).
+    ("method.conf_thresh", _threshold, "a confidence in [0, 1), or null: at 1 or above no pixel passes"),
+    ("method.loss_weights.*", _non_negative, "a number ≥ 0"),
+    ("method.poly_lag", _int_at_least(0), "an integer ≥ 0"),
+    ("method.teacher.decay", _number_in(0, 1), "a number in [0, 1]"),
+    ("method.teacher.copy_epochs", _int_at_least(0), "an integer ≥ 0"),
+    ("method.stats_momentum", _number_in(0, 1, high_open=True), "a number in [0, 1)"),  # DAW
+    ("method.alpha", _number_in(0, float("inf"), low_open=True), "a positive number"),
+    ("method.min_samples", _positive_int, "a positive integer"),
+    ("method.init_tau", _number_in(0, 1, low_open=True, high_open=True), "a confidence in (0, 1)"),
+    ("method.sigma_pos_scale", _number_in(0, float("inf"), low_open=True), "a positive number"),
+    ("method.class_aware.ratio", _number_in(0, 1, low_open=True), "a number in (0, 1]"),  # DSSN
+    ("method.class_aware.min_confidence", _threshold, "a confidence in [0, 1): at 1 or above no class passes"),
+    ("method.cutmix_p", _number_in(0, 1), "a probability in [0, 1]"),  # DDFP
+    ("method.eps", _non_negative, "a number ≥ 0"),
+    ("method.sup_only_epochs", _int_at_least(0), "an integer ≥ 0"),
+    ("method.flow.samples", _positive_int, "a positive integer"),
+    ("method.flow.noise", _non_negative, "a number ≥ 0"),
+    ("method.flow.grad_clip", _number_in(0, float("inf"), low_open=True), "a positive number"),
+    ("method.flow.final_lr_ratio", _number_in(0, 1, low_open=True), "a number in (0, 1]"),
+    ("method.pseudo_weight", _non_negative, "a number ≥ 0"),  # DARS
+    ("method.weight_power", _non_negative, "a number ≥ 0"),  # PCT
+    ("method.iou_decay", _number_in(0, 1, high_open=True), "a number in [0, 1)"),
+    ("method.stages.*.labeling_ratio", _optional(_number_in(0, 1, low_open=True)),
+     "a share of the unlabeled pixels in (0, 1]"),
+    ("method.stages.*.epochs", _optional(_positive_int), "a positive integer"),
+    ("method.stages.*.steps", _optional(_positive_int), "a positive integer"),
 )
+
+
+def _expand(cfg: DictConfig, key: str) -> list[str]:
+    """`a.*.b` -> `a.<k>.b` for every key k of the mapping `a` (none when `a` is absent or not a mapping)."""
+    if "*" not in key:
+        return [key]
+    head, _, tail = key.partition(".*")
+    node = OmegaConf.select(cfg, head, default=None)
+    if not isinstance(node, DictConfig):
+        return []
+    return [k for name in node for k in _expand(cfg, f"{head}.{name}{tail}")]
 
 
 def check_config(cfg: DictConfig) -> None:
     """One UserError naming the first option whose value has the wrong type or range."""
-    for key, valid, expected in TYPED_OPTIONS:
+    check_overrides(cfg)
+    for key, valid, expected in [(k, v, e) for pattern, v, e in TYPED_OPTIONS for k in _expand(cfg, pattern)]:
         try:
             value = OmegaConf.select(cfg, key, default="<absent>", throw_on_missing=True)
         except MissingMandatoryValue:
@@ -79,6 +133,16 @@ def check_config(cfg: DictConfig) -> None:
         if not valid(value):
             raise UserError(f"{key}={value}: expected {expected}")
     check_split(cfg)
+
+
+def check_overrides(cfg: DictConfig) -> None:
+    """`method.stages={}` reads as "no stages" but Hydra merges a mapping into the existing one, so every stage
+    would still run: refused, naming what does remove them."""
+    for override in OmegaConf.select(cfg, "hydra.overrides.task", default=None) or []:
+        key, _, value = str(override).partition("=")
+        if key.lstrip("+").startswith("method.stages") and value.replace(" ", "") == "{}":
+            raise UserError(f"{override} merges into the stages instead of removing them (Hydra merges mappings): "
+                            f"~{key.lstrip('+')} removes them")
 
 
 def check_split(cfg: DictConfig) -> None:
@@ -126,6 +190,10 @@ class RunChecks(Callback):
 
                 check_variant(OmegaConf.to_container(choices))
             output = Path(str(OmegaConf.select(config, dir_key)))
+            if dir_key == "hydra.run.dir" and "method" in config and (output / "results.json").is_file() \
+                    and OmegaConf.select(config, "ckpt_path") is None:  # a finished run is never overwritten
+                raise UserError(f"{output} holds a finished run ({output / 'results.json'}): give the new run "
+                                f"another folder ({_output_option(config, dir_key)})")
             FRESH_RUN_DIR = None if dir_key != "hydra.run.dir" or output.exists() else output.absolute()
             check_writable(output, _output_option(config, dir_key))
             if self.resume and dir_key == "hydra.run.dir" and OmegaConf.select(config, "ckpt_path") is not None:
@@ -166,5 +234,6 @@ def remove_refused_run_dir(run_dir: Path, output_dir: Path | None = None) -> boo
 
 def _output_option(config: DictConfig, dir_key: str) -> str:
     """The option a user sets to move the output: hydra's own key only when they set it."""
-    overrides = OmegaConf.select(config, "hydra.overrides.task", default=[]) or []
+    overrides = [*(OmegaConf.select(config, "hydra.overrides.task", default=[]) or []),
+                 *(OmegaConf.select(config, "hydra.overrides.hydra", default=[]) or [])]  # hydra.run.dir= is here
     return dir_key if any(str(o).startswith(f"{dir_key}=") for o in overrides) else "paths.output_dir"

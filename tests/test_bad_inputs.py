@@ -37,11 +37,13 @@ def broken_data(data_dir, tmp_path_factory) -> Path:
     with Image.open(mask) as full:
         full.crop((0, 0, 40, 48)).save(mask)  # still a palette PNG, 40 wide, 48 high
     (root / "JPEGImages" / "toy_train_00001.jpg").write_bytes(b"not a jpeg")
-    for split, index in (("mismatch", 0), ("corrupt", 1)):
+    truncated = root / "JPEGImages" / "toy_train_00002.jpg"
+    truncated.write_bytes(truncated.read_bytes()[:-200])  # decodes, partly grey, with a libjpeg warning only
+    for split, index, times in (("mismatch", 0, 1), ("corrupt", 1, 1), ("truncated", 2, 1), ("repeated", 3, 2)):
         mini_split(data_dir, root / "splits_bad" / split, unlabeled=8)
         name = f"toy_train_{index:05d}"
         (root / "splits_bad" / split / "mini" / "labeled.txt").write_text(
-            f"JPEGImages/{name}.jpg SegmentationClass/{name}.png\n")
+            f"JPEGImages/{name}.jpg SegmentationClass/{name}.png\n" * times)
     return root
 
 
@@ -63,8 +65,10 @@ def _cases(run: Path, data: Path, data_dir: Path, tmp: Path) -> list[tuple[str, 
         return [f"hydra.run.dir={tmp / name}", f"paths.data_dir={data_dir}"]
 
     trained = f"{last} was trained with"
-    bad_data = [f"paths.data_root={data}", "split=mini", "logger=none", "data.num_workers=0",
-                "trainer.enable_progress_bar=false", f"hydra.run.dir={tmp / 'bad_data_run'}"]
+    def bad_data(split: str) -> list[str]:  # each its own run folder: the cases run two at a time
+        return [f"paths.data_root={data}", "split=mini", "logger=none", "data.num_workers=0",
+                "trainer.enable_progress_bar=false", f"hydra.run.dir={tmp / f'bad_data_{split}'}",
+                f"dataset.splits_dir={data / 'splits_bad' / split}"]
     image, mask = data / "JPEGImages" / "toy_train_00000.jpg", data / "SegmentationClass" / "toy_train_00000.png"
     return [
         ("missing checkpoint", [*in_run, f"ckpt_path={tmp / 'none.ckpt'}"],
@@ -103,10 +107,20 @@ def _cases(run: Path, data: Path, data_dir: Path, tmp: Path) -> list[tuple[str, 
          "method.mix_source must be one of ['loader', 'batch'], got 'foo'"),
         ("method class typo", [*fresh("typo"), "method._target_=sslseg.methods.daw.DAv", "logger=none"],
          "method._target_=sslseg.methods.daw.DAv: sslseg.methods.daw has no SemiSegModule named DAv"),
-        ("image and mask sizes differ", [*bad_data, f"dataset.splits_dir={data / 'splits_bad' / 'mismatch'}"],
+        ("image and mask sizes differ", bad_data("mismatch"),
          f"mask {mask} is 40x48 but its image {image} is 96x96 (width x height)"),
-        ("unreadable image", [*bad_data, f"dataset.splits_dir={data / 'splits_bad' / 'corrupt'}"],
+        ("unreadable image", bad_data("corrupt"),
          f"cannot read image: {data / 'JPEGImages' / 'toy_train_00001.jpg'}"),
+        ("truncated image", bad_data("truncated"),
+         f"image file is truncated: {data / 'JPEGImages' / 'toy_train_00002.jpg'}"),
+        ("an image listed twice", bad_data("repeated"),
+         f"{data / 'splits_bad' / 'repeated' / 'mini' / 'labeled.txt'}:2: JPEGImages/toy_train_00003.jpg is listed "
+         "again (first on line 1); a split lists each image once"),
+        ("a finished run's folder", in_run,
+         f"{run} holds a finished run ({run / 'results.json'}): give the new run another folder (hydra.run.dir)"),
+        ("stages assigned an empty mapping", [*in_run, "method=dars", "method.stages={}"],
+         "method.stages={} merges into the stages instead of removing them (Hydra merges mappings): "
+         "~method.stages removes them"),
     ]
 
 

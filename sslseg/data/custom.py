@@ -24,7 +24,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from omegaconf import OmegaConf
+from omegaconf import ListConfig, OmegaConf
 
 from sslseg.data.splits import available_splits
 from sslseg.errors import UserError
@@ -58,8 +58,9 @@ def num_classes_from_root(data_root: str) -> int:
     return len(read_classes_file(path))
 
 
-def class_names_from_root(data_root: str, num_classes: int) -> list[str] | None:
-    """dataset.class_names of dataset=custom when not given: <data root>/classes.txt, if there is one."""
+def class_names_from_root(data_root: str, num_classes: int) -> ListConfig | None:
+    """dataset.class_names of dataset=custom when not given: <data root>/classes.txt, if there is one (a
+    ListConfig: OmegaConf's YAML dump, `--cfg job --resolve`, refuses a plain list from a resolver)."""
     path = Path(str(data_root)) / CLASSES_FILE
     if not path.is_file():
         return None
@@ -67,7 +68,7 @@ def class_names_from_root(data_root: str, num_classes: int) -> list[str] | None:
     if len(names) != int(num_classes):
         raise UserError(f"{path} names {len(names)} classes but dataset.num_classes={num_classes}: fix the file or "
                         "drop dataset.num_classes")
-    return names
+    return ListConfig(names)
 
 
 def only_split(splits_dir: str) -> str | None:
