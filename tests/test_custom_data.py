@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from omegaconf import OmegaConf
 from PIL import Image
 
 from sslseg.data.custom import read_classes_file
@@ -81,6 +82,10 @@ def test_the_config_takes_classes_split_and_length_from_the_folder(tmp_path):
         assert (epochs - 1) * steps_per_epoch < cfg.dataset.train_steps <= epochs * steps_per_epoch
         assert math.ceil(epochs / cfg.trainer.check_val_every_n_epoch) <= 80
     assert compose_cfg(["dataset=custom", f"paths.data_root={root}", "dataset.epochs=5"]).trainer.max_epochs == 5
+    # `--cfg job --resolve` resolves the config in place (OmegaConf.resolve): the class names from classes.txt too
+    resolved = compose_cfg(["dataset=custom", f"paths.data_root={root}"])
+    OmegaConf.resolve(resolved)
+    assert list(resolved.dataset.class_names) == CLASSES
 
     (root / "classes.txt").unlink()  # the class count given instead: names class_0, ...
     cfg = compose_cfg(["dataset=custom", f"paths.data_root={root}", "dataset.num_classes=3"])
