@@ -58,9 +58,6 @@ MODEL_SOURCES = {
     "deeplabv2": "DeepLabV2 classifier as in DARS (AdvSemiSeg)",
 }
 
-_INTERNAL_NOTE = re.compile(r"\s*\(?\bspecs? §[\d.]+\)?,?")
-
-
 def header(path: Path) -> str:
     """The first sentence of a config file's leading comment (without Hydra's `# @package` line)."""
     lines = []
@@ -70,7 +67,7 @@ def header(path: Path) -> str:
         if not line.startswith("#"):
             break
         lines.append(line.lstrip("#").strip())
-    text = _INTERNAL_NOTE.sub("", " ".join(lines)).strip()
+    text = " ".join(lines).strip()
     match = re.match(r"(.+?[^.](?:\.(?=\s+[A-Z])|:(?=\s)))", text)  # not inside "92 ... 1464" or "Tab. 1"
     return (match.group(1) if match else text).rstrip(":.")
 

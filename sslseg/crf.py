@@ -1,5 +1,5 @@
 """DenseCRF post-processing (Krähenbühl & Koltun's fully connected CRF), as Learning-Pseudo-Label's
-stage-2 evaluation (`lib/utils/DenseCRF.py`, `TEST_CRF`, specs §3.5, §3.7): softmax probabilities of the
+stage-2 evaluation (`lib/utils/DenseCRF.py`, `TEST_CRF`): softmax probabilities of the
 averaged multi-scale, flipped logits, refined by one mean-field iteration, then argmax by the caller.
 
 Needs the optional `pydensecrf2` package (`pip install "sslseg[crf]"`; where pip finds no wheel it builds

@@ -1,4 +1,4 @@
-"""Evaluation-time prediction: one protocol composed of a mode, scales and flip (specs §5; PCT/DARS §2.5, §3.7).
+"""Evaluation-time prediction: one protocol composed of a mode, scales and flip.
 
 Mode (`dataset.eval.mode`):
 - `whole`: the full image in one pass (UniMatch's Pascal/COCO protocol).

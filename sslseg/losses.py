@@ -16,7 +16,7 @@ from sslseg.errors import UserError
 
 
 class OhemCrossEntropy(nn.Module):
-    """Online hard example mining (UniMatch `ProbOhemCrossEntropy2d`, specs §6.1).
+    """Online hard example mining (UniMatch `ProbOhemCrossEntropy2d`).
 
     With p_gt the softmax probability of the true class on valid pixels: if fewer than `min_kept`
     pixels are valid, all are kept; otherwise the threshold is max(thresh, the min_kept-th smallest
@@ -101,7 +101,7 @@ CCE_FLOOR = math.log(1e-5)  # the release's log(p + 1e-5): the log-probability o
 
 
 def class_aware_log_probs(logits: torch.Tensor, tags: torch.Tensor) -> torch.Tensor:
-    """Log-softmax over the classes present in each image (Learning-Pseudo-Label's CCE, specs §3.1):
+    """Log-softmax over the classes present in each image (Learning-Pseudo-Label's CCE):
     log p_c = f_c − log Σ_{k present} exp f_k for present classes, computed stably (the max of the present
     logits subtracted); an absent class gets log(1e-5), the release's floor, so that a target outside the
     image's classes costs a bounded 11.5 instead of infinity. The release computes

@@ -1,5 +1,5 @@
 """Offline pseudo-labels: per-class confidence statistics in bounded memory, DARS's distribution-aligned
-thresholds with random sampling (and CBST's), and the per-image selection (specs §2.1).
+thresholds with random sampling (and CBST's), and the per-image selection.
 
 DARS keeps every unlabeled pixel's confidence in a per-class "bank" (about 200 GB of logits for
 Cityscapes) and sorts it. Confidences here are the fp16 softmax of the averaged logits, so a class's

@@ -76,23 +76,23 @@ def test_a_global_batch_the_devices_cannot_share_is_one_line():
 # The references' global batch (per stream: labeled = unlabeled) of every recipe and train stage, i.e. the
 # reference's GPUs x batch per GPU, or its global batch where it states one.
 REFERENCE_GLOBAL_BATCH = {
-    # ../shared/specs/unimatch_daw_ddfp.md §6.1 (UniMatch configs: batch 2 per GPU x 4 GPUs on all three datasets;
-    # the blended splits too: ../shared/specs/sota.md §2a). FixMatch is UniMatch's re-implementation.
+    # UniMatch's configs/{pascal,cityscapes,coco}.yaml: batch 2 per GPU x 4 GPUs on all three datasets, the blended
+    # splits too. FixMatch is UniMatch's re-implementation.
     **{f"{method}_{data}": 4 * 2 for method in ("fixmatch", "unimatch")
        for data in ("pascal", "pascal_blended", "cityscapes", "coco")},
-    # ../shared/specs/unimatch_daw_ddfp.md §6.2: DAW's configs are UniMatch's (no COCO config: UniMatch's COCO).
+    # yuisuen/DAW configs/*.yaml are UniMatch's (no COCO config: UniMatch's COCO).
     **{f"daw_{data}": 4 * 2 for data in ("pascal", "pascal_blended", "cityscapes", "coco")},
-    # ../shared/specs/dssn_dars_pct.md §1.5: VOC 2 per GPU x 4 GPUs; Cityscapes R-101 logs 1 x 8 GPUs.
+    # kunzhan/DSSN: VOC 2 per GPU x 4 GPUs; its Cityscapes R-101 training logs 1 x 8 GPUs.
     "dssn_pascal": 4 * 2, "dssn_pascal_blended": 4 * 2, "dssn_cityscapes": 8 * 1,
-    # ../shared/specs/unimatch_daw_ddfp.md §4.6: exp/pascal/732, 4 GPUs x 4. No Cityscapes config (§4.6): the
-    # preset follows UniMatch's Cityscapes setting (§6.1), 4 x 2.
+    # Gavinwxy/DDFP exp/pascal/732: 4 GPUs x 4. No Cityscapes config: the recipe follows UniMatch's Cityscapes
+    # setting, 4 x 2.
     "ddfp_pascal": 4 * 4, "ddfp_cityscapes": 4 * 2,
-    # ../shared/specs/dssn_dars_pct.md §2.2: global batches, round 0 16 labeled, rounds 1-2 8 + 8 (DeepLabv2: 4 + 4).
+    # CVMI-Lab/DARS config/*.yaml: global batches, round 0 16 labeled, rounds 1-2 8 + 8 (DeepLabv2: 4 + 4).
     **{name: {"round0": 16, "round1": 8, "round2": 8} for name in (
         "dars_pascal", "dars_cityscapes", "dars_cityscapes_split4", "dars_cityscapes_crop361",
         "dars_cityscapes_crop361_split4")},
     "dars_cityscapes_deeplabv2": {"round0": 16, "round1": 4, "round2": 4},
-    # ../shared/specs/dssn_dars_pct.md §3.5: one GPU; stage 1 10 = 5 pixel-labeled + 5 tagged, stage 2 16.
+    # YudeWang/Learning-Pseudo-Label experiment/deeplabv3+_voc_swsss: one GPU; stage 1 10 = 5 + 5, stage 2 16.
     "pct_pascal": {"stage1": 5, "stage2": 16},
 }
 

@@ -101,7 +101,7 @@ def test_truncated_windows_are_unimatchs_grid():
             window_batch=100, window="truncated")
     seen = sorted((h, w) for b, _, h, w in model.seen for _ in range(b))
     assert seen == sorted((h, w) for h in (4, 3, 1) for w in (4, 4, 4, 4, 2))
-    assert _truncated_starts(2048, 534) == [0, 534, 1068, 1602]  # Cityscapes 801 / 534 (specs §5)
+    assert _truncated_starts(2048, 534) == [0, 534, 1068, 1602]  # Cityscapes 801 / 534
 
 
 def test_truncated_windows_average_the_window_outputs_at_the_border():

@@ -153,7 +153,7 @@ def test_missing_pretrained_file_says_how_to_fix(tmp_path):
         build_segmentor(b, m, num_classes=6)
 
 
-# Learning-Pseudo-Label's DeepLabV3+ options (specs §3.4, conf/model/deeplabv3plus_lpl.yaml).
+# Learning-Pseudo-Label's DeepLabV3+ options (lib/net/operators/ASPP.py; conf/model/deeplabv3plus_lpl.yaml).
 
 def _lpl_tiny():
     """The tiny backbone with the LPL decoder, as a method picks it (method.network): the toy set's

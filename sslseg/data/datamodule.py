@@ -5,7 +5,7 @@ Training streams (what a method asks for through its `data_streams`):
   unlabeled  UnlabeledDataset (weak, strong1, strong2, ignore, box1, box2);
   mix        a second unlabeled stream for the CutMix partners. Its own shuffle draws *other*
              images than `unlabeled` at each position: the reference zips two loaders with
-             identical samplers and so mixes each image with itself (specs §0);
+             identical samplers and so mixes each image with itself;
   pseudo     images with the pseudo-labels an offline method generated (`pseudo_list`: a split
              list whose mask paths start at the list's folder), augmented as the labeled crops;
   tagged     every training image (labeled and unlabeled lists) with its image-level class tags, only

@@ -117,7 +117,7 @@ def write_splits(out: Path, pool: list[Sample], val: list[Sample], names: list[s
 
 
 def write_first_splits(out: Path, root: Path, pool: list[Sample], fine_ids: list[str], counts: list[int]) -> None:
-    """Learning-Pseudo-Label's protocol (specs §3.6): split `first_<N>` has the first N ids of VOC's
+    """Learning-Pseudo-Label's protocol: split `first_<N>` has the first N ids of VOC's
     train.txt as labeled images, in file order (the official list is sorted), and the rest of the pool
     (train_aug) as unlabeled. The `first_` prefix keeps these apart from the random splits (`92`)."""
     by_id = {Path(s.image).stem: s for s in pool}

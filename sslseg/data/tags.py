@@ -1,6 +1,6 @@
 """Image-level class tags: the classes present in an image, as a bool vector over the K classes.
 
-Learning-Pseudo-Label (PCT, specs §3.1) restricts its class-aware softmax to these classes for every
+Learning-Pseudo-Label (PCT) restricts its class-aware softmax to these classes for every
 image, unlabeled ones included (its setting is semi- *and weakly* supervised). The reference derives
 them from the full, uncropped ground-truth mask (`seg2cls` after mapping values >= K to 0); sslseg
 does the same where a mask exists and also reads them from a tag file, for images without masks.

@@ -1,4 +1,4 @@
-"""Augmentation of UniMatch's data pipeline (specs §1.3), with albumentations.
+"""Augmentation of UniMatch's data pipeline, with albumentations.
 
 Images stay uint8 (H, W, 3) here; normalisation runs on the device inside the LightningModule, so
 the loaders move 4x fewer bytes. Padding the image with 0 before normalisation is what the

@@ -1,5 +1,5 @@
 """DARS: Distribution Alignment and Random Sampling (ICCV'21, CVMI-Lab/DARS), an offline self-training
-method run as stages (specs §2; `method.stages`, sslseg/stages.py):
+method run as stages (`method.stages`, sslseg/stages.py):
 
   round0   train on the labeled images: (CE + 0.4 CE_aux)(labeled)
   pseudo1  generate pseudo-labels for the unlabeled images with round0's final weights:

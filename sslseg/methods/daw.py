@@ -1,4 +1,4 @@
-"""DAW: distribution-aware weighting (NeurIPS'23, yuisuen/DAW), on top of UniMatch (specs §3.3).
+"""DAW: distribution-aware weighting (NeurIPS'23, yuisuen/DAW), on top of UniMatch.
 
 1. As UniMatch: partners' pseudo-labels (student, eval mode), CutMix of both strong views, a pass on
    [labeled ‖ weak] with the feature-perturbation stream, a pass on [strong1 ‖ strong2].
@@ -39,7 +39,7 @@ from sslseg.methods.unimatch import UniMatch
 
 
 class DistributionAlignment(nn.Module):
-    """Per-class alignment of unlabeled to labeled confidence (specs §3.3 steps 5-6)."""
+    """Per-class alignment of unlabeled to labeled confidence."""
 
     def __init__(self, num_classes: int, momentum: float = 0.99):
         super().__init__()

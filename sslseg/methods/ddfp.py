@@ -1,5 +1,5 @@
 """DDFP: density-descending feature perturbation (CVPR'24, Gavinwxy/DDFP), a U2PL-style mean teacher whose
-feature perturbation follows a normalizing flow fitted to the decoder's features (specs §4).
+feature perturbation follows a normalizing flow fitted to the decoder's features.
 
 Network: U2PL's DeepLabV3+ (`method.network`), whose classifier block has a main and an
 auxiliary BN, and a density model (sslseg/models/flow.py: 2 GLOW coupling blocks, a Gaussian mixture with
@@ -44,7 +44,7 @@ Differences from the released code:
     per GPU of 4 + 4 images: a device holding B labeled images draws 20480 · B / 4 (`flow.samples_images`), so a
     global batch keeps the release's share of features on any device count.
   * The release's 1464 config lacks keys its script needs, the teacher always has 21 classes, its
-    Cityscapes splits cannot be parsed and it has no Cityscapes config (specs §4.7): the recipes build on
+    Cityscapes splits cannot be parsed and it has no Cityscapes config: the recipes build on
     its 732 config, and ddfp_cityscapes is sslseg's own choice (see the recipe).
 """
 

@@ -1,5 +1,5 @@
 """DSSN: Dual-level Siamese Structure Network (ACM MM'23, kunzhan/DSSN), on the weak-to-strong
-machinery (specs §1).
+machinery.
 
 1. The teacher labels the partners' weak view; CutMix of both strong views.
 2. Student: one pass on [labeled ‖ weak] decoded clean and with two feature-perturbed copies (each its
@@ -19,7 +19,7 @@ machinery (specs §1).
 
 Differences from the released code (and what sslseg does):
   * CutMix partners are other images. The release zips one loader with itself, so the "mix" batch is
-    the same images under another crop (specs Q3), as in UniMatch.
+    the same images under another crop, as in UniMatch.
   * Teacher BN mode: the release never sets the teacher's mode, so it runs in train mode (batch
     statistics, and its running statistics move) during epoch 0, and in eval mode from the first
     evaluation on. sslseg reproduces that by default (method.teacher.train_mode_epochs: 1); 0 gives a

@@ -1,4 +1,4 @@
-"""FixMatch for segmentation, as in UniMatch's `fixmatch.py` (specs §3.1).
+"""FixMatch for segmentation, as in UniMatch's `fixmatch.py`.
 
 1. Partners' pseudo-labels (student in eval mode, no grad) and CutMix of the strong view.
 2. One pass on [labeled ‖ weak]; one pass on the CutMixed strong view.

@@ -23,7 +23,7 @@ def above_threshold(conf: torch.Tensor, threshold: float | torch.Tensor) -> torc
 
 def class_aware(label: torch.Tensor, conf: torch.Tensor, num_classes: int, ratio: float = 0.96,
                 min_confidence: float = 0.92) -> torch.Tensor:
-    """DSSN's class-aware selection (`get_adaptive_binary_mask`, specs §1.2): per image b and class c,
+    """DSSN's class-aware selection (`get_adaptive_binary_mask`): per image b and class c,
     M[b, c] = the highest probability of class c in the image; keep the pixels whose probability of c
     exceeds ratio·M[b, c], for the classes with M[b, c] > min_confidence (strict, as released).
 
@@ -60,7 +60,7 @@ def gaussian_intersection(mu_pos, sigma_pos, mu_neg, sigma_neg, alpha: float = 1
 
 
 class JumpThreshold(nn.Module):
-    """The distribution-aware threshold τ of DAW (specs §3.3 step 9). State lives in buffers."""
+    """The distribution-aware threshold τ of DAW. State lives in buffers."""
 
     def __init__(self, num_classes: int, momentum: float = 0.99, alpha: float = 1.0, min_samples: int = 10,
                  init_tau: float = 0.95, sigma_pos_scale: float = 1.0):

@@ -1,4 +1,4 @@
-"""UniMatch (CVPR'23), as the released `unimatch.py` (specs §3.2).
+"""UniMatch (CVPR'23), as the released `unimatch.py`.
 
 1. Partners' pseudo-labels (student in eval mode, no grad); CutMix of both strong views.
 2. One pass on [labeled ‖ weak] whose decoder also runs on channel-dropped c1/c4 (the

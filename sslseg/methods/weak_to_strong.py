@@ -1,4 +1,4 @@
-"""The weak-to-strong machinery of FixMatch, UniMatch, DAW and DSSN (specs §3).
+"""The weak-to-strong machinery of FixMatch, UniMatch, DAW and DSSN.
 
 Per step: pseudo-labels come from a weak view, strong views (colour jitter, grayscale, blur, and a
 CutMix box pasted from a partner image) are trained to match them where selected. The partner

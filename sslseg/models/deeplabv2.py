@@ -1,5 +1,5 @@
-"""DeepLabV2 classifier as in DARS (AdvSemiSeg's `model/deeplab.py`, vendored as `model/deeplabv2.py`;
-specs §2.3), on layer4.
+"""DeepLabV2 classifier as in DARS (AdvSemiSeg's `model/deeplab.py`, vendored as `model/deeplabv2.py`
+in DARS), on layer4.
 
 The logits are the sum of 3x3 convs c4 -> K classes with dilations (6, 12, 18, 24), padding = dilation,
 with bias; weights ~ N(0, 0.01), biases PyTorch's default init (the release does the same). `features` is

@@ -1,4 +1,4 @@
-"""DeepLabV3+ head as in UniMatch (specs §2.3).
+"""DeepLabV3+ head as in UniMatch.
 
 ASPP on c4 (1x1, three dilated 3x3, image pooling; no dropout) -> 1x1 project; upsample to c1;
 `reduce` c1 to 48 channels; `fuse` = cat(reduce, aspp) (304-d for ResNet) -> two 3x3 convs (256-d);
@@ -6,7 +6,7 @@ ASPP on c4 (1x1, three dilated 3x3, image pooling; no dropout) -> 1x1 project; u
 304-d fused feature between the two.
 
 Options for Learning-Pseudo-Label's network (`lib/net/deeplabv3plus.py` and `lib/net/operators/ASPP.py`,
-specs §3.4; config `deeplabv3plus_lpl`); the defaults keep UniMatch's network and its state-dict keys:
+config `deeplabv3plus_lpl`); the defaults keep UniMatch's network and its state-dict keys:
 
 - `aspp_dropout`: element-wise `nn.Dropout(p)` (not Dropout2d, as the reference) after the ASPP
   projection's BN-ReLU, appended to `aspp.project` (no parameters, so no new keys); 0 adds nothing.

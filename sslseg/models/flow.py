@@ -1,5 +1,5 @@
 """DDFP's density model of the 256-d decoder feature: a GLOW-style normalizing flow and a Gaussian-mixture prior
-with one learnable mean per class (specs §4.2).
+with one learnable mean per class.
 
 How the pieces map to the released code (Gavinwxy/DDFP `model/flow/*.py`, built on FrEIA 0.2 as pip installs it):
 

@@ -1,4 +1,4 @@
-"""PSPNet head as in DARS (semseg's `model/pspnet.py`, specs §2.3), on layer3 and layer4.
+"""PSPNet head as in DARS (semseg's `model/pspnet.py`), on layer3 and layer4.
 
 Pyramid pooling on c4: for each bin b in (1, 2, 3, 6), AdaptiveAvgPool(b) -> 1x1 conv (no bias) -> BN ->
 ReLU, upsampled bilinearly (align_corners=True) to c4's size; concatenated with c4 (2 x 2048 for

@@ -1,4 +1,4 @@
-"""Deep-stem ResNet ("ResNet-v1s", specs §2.1), the backbone of UniMatch, DAW and DDFP, and its variants.
+"""Deep-stem ResNet ("ResNet-v1s"), the backbone of UniMatch, DAW and DDFP, and its variants.
 
 Stem 3->64->64->128 (three 3x3 convs) instead of torchvision's 7x7, then torchvision Bottleneck
 stages (stride on the 3x3 conv). State-dict keys are exactly those of the seed methods'

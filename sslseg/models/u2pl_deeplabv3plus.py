@@ -1,4 +1,4 @@
-"""U2PL's DeepLabV3+ decoder as DDFP uses it (specs §4.1; Gavinwxy/DDFP `model/model/decoder.py`).
+"""U2PL's DeepLabV3+ decoder as DDFP uses it (Gavinwxy/DDFP `model/model/decoder.py`).
 
 ASPP on c4 (image pooling, 1x1, three dilated 3x3; concatenated in that order) -> `head` 3x3 conv + BN + ReLU +
 Dropout2d(0.1) -> upsample to c1; `low_conv` 1x1 (with bias) on c1; fused = cat(low, aspp) (304-d for ResNet) ->

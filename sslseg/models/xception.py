@@ -1,4 +1,4 @@
-"""Xception-65 as UniMatch builds it (specs §2.2): the backbone of every COCO number in the seed papers.
+"""Xception-65 as UniMatch builds it: the backbone of every COCO number in the seed papers.
 
 Entry: conv 3->32 (stride 2) + BN + ReLU, conv 32->64 + BN + ReLU; then 20 blocks of three separable
 3x3 convs (block1 64->128 s2, block2 128->256 s2, block3 256->728 s2, blocks 4-19 728->728, block20
