@@ -32,8 +32,8 @@ from sslseg.cli import compose_config
 from sslseg.data.datasets import UnlabeledDataset, seed_worker
 from sslseg.data.splits import read_split_file
 from sslseg.data.toy import ensure_toy_dataset
-from sslseg.experiment import method_class
 from sslseg.inference import predict
+from sslseg.methods.base import method_class
 
 
 def synthetic_batch(streams, batch: int, crop: int, num_classes: int, device) -> dict:

@@ -21,14 +21,8 @@ from omegaconf import DictConfig, OmegaConf
 from sslseg.checkpoint import read_checkpoint
 from sslseg.data.io import read_image
 from sslseg.errors import UserError
-from sslseg.experiment import (
-    build_datamodule,
-    claim_run_dir,
-    quiet_duplicate_logs,
-    release_run_dir,
-    trainer_kwargs,
-    uses_gpu,
-)
+from sslseg.experiment import claim_run_dir, release_run_dir
+from sslseg.fitting import build_datamodule, quiet_duplicate_logs, trainer_kwargs, uses_gpu
 from sslseg.loggers import LossProgressBar
 from sslseg.methods.base import SemiSegModule
 from sslseg.palette import overlay, palette_for, palette_png

@@ -318,7 +318,7 @@ def section_steps(rec: Recorder, sizes: Sizes, mode: str = "steps") -> None:
     time per step in each precision (the GPU-busy share against the steps section's time)."""
     import torch
 
-    from sslseg.experiment import method_class
+    from sslseg.methods.base import method_class
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True  # sslseg's matmul_precision
@@ -432,7 +432,8 @@ def tree_overrides(root: Path) -> list[str]:
 
 
 def section_pipeline(rec: Recorder, sizes: Sizes, tree: Path) -> None:
-    from sslseg.experiment import build_datamodule, method_class
+    from sslseg.fitting import build_datamodule
+    from sslseg.methods.base import method_class
 
     cfg = compose(["method=unimatch", "dataset=pascal", *tree_overrides(tree)], sizes)
     cls = method_class(cfg)
@@ -468,7 +469,7 @@ def section_inference(rec: Recorder, sizes: Sizes) -> None:
     import torch
 
     from sslseg.bench import inference_throughput
-    from sslseg.experiment import method_class
+    from sslseg.methods.base import method_class
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     torch.backends.cudnn.benchmark = True
@@ -498,7 +499,8 @@ def section_curves(rec: Recorder, sizes: Sizes, tree: Path) -> None:
     import lightning.pytorch as pl
     import torch
 
-    from sslseg.experiment import build_datamodule, method_class
+    from sslseg.fitting import build_datamodule
+    from sslseg.methods.base import method_class
 
     device_gpu = torch.cuda.is_available()
     workers = min(8, (os.cpu_count() or 3) // 3) if device_gpu else 0  # per stream: 3 streams

@@ -107,8 +107,6 @@ def _optimizer(cfg: DictConfig) -> str:
     name = str(optim.get("_target_", "torch.optim.SGD")).rsplit(".", 1)[-1]
     lrs = [optim.lr]
     if cfg.method.get("stages"):  # a stage may set its own lr (Learning-Pseudo-Label's stage 2)
-        from sslseg.stages import stage_config
-
         lrs = [stage_config(cfg, s, 0).optim.lr for s in cfg.method.stages.values() if s.kind == "train"]
     text = f"{name} lr " + " / ".join(dict.fromkeys(f"{lr:g}" for lr in lrs))
     mults = optim.get("lr_mult") or {}
@@ -124,8 +122,6 @@ def _optimizer(cfg: DictConfig) -> str:
 def _batch(cfg: DictConfig) -> str:
     stages = cfg.method.get("stages")
     if stages:
-        from sslseg.stages import stage_config
-
         datas = [stage_config(cfg, stage, 0).data for stage in stages.values() if stage.kind == "train"]
         if all(data.global_batch_size for data in datas):
             return "global batch " + " / ".join(str(data.global_batch_size) for data in datas)
@@ -145,8 +141,6 @@ def _cadence(val) -> str:
 def _validation(cfg: DictConfig) -> str:
     stages = cfg.method.get("stages")
     if stages:
-        from sslseg.stages import stage_config
-
         cadences = [_cadence(stage_config(cfg, stage, 0).get("validation") or {})
                     for stage in stages.values() if stage.kind == "train"]
         if len(set(cadences)) > 1:
@@ -186,3 +180,16 @@ def results_entry(cfg: DictConfig) -> dict | None:
         return None
     return {"name": str(recipe.name), "paper": str(recipe.paper), "source": str(recipe.source),
             "reported": str(recipe.reported), "summary": summary(cfg)}
+
+
+def stage_config(cfg: DictConfig, stage: DictConfig, epochs_before: int) -> DictConfig:
+    """The run's config for one train stage: `method.overrides` (every stage), the stage's own
+    `overrides` (nested config keys), its epochs and the schedule offset."""
+    out = OmegaConf.merge(cfg, cfg.method.get("overrides") or {}, stage.get("overrides") or {})
+    if stage.get("steps"):  # a budget in iterations (Learning-Pseudo-Label's): epochs run until it is spent
+        OmegaConf.update(out, "dataset.epochs", -1)
+        OmegaConf.update(out, "trainer.max_steps", int(stage.steps))
+    else:
+        OmegaConf.update(out, "dataset.epochs", int(stage.epochs))
+    OmegaConf.update(out, "optim.schedule_offset_epochs", epochs_before, force_add=True)
+    return out

@@ -11,11 +11,11 @@ import os
 import platform
 import subprocess
 import sys
-from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 
 from sslseg.errors import UserError
+from sslseg.results_rows import Row, mean_sd, natural, split_order  # noqa: F401 (split_order: the report's API)
 
 CODE_DIR = Path(__file__).resolve().parent.parent  # the repository root when sslseg runs from a checkout
 VERSIONED = ("python", "sslseg", "torch", "torchvision", "lightning", "hydra-core", "omegaconf", "torchmetrics",
@@ -172,23 +172,6 @@ def differing_keys(runs: list[dict]) -> list[str]:
     return [k for k in keys if len({overrides.get(k) for overrides in per_run}) > 1]
 
 
-@dataclass
-class Row:
-    """The runs of one table row: same dataset, split, method, values of the differing keys and steps."""
-
-    dataset: str
-    split: str
-    method: str  # the method's name; `label` marks semi-and-weakly supervised ones
-    label: str
-    keys: tuple[str, ...]
-    steps: int | None
-    runs: dict[int, dict] = field(default_factory=dict)  # seed -> the newest run of that seed
-    superseded: list[dict] = field(default_factory=list)  # older runs of a seed in `runs`, left out of the numbers
-
-    def values(self) -> list[float]:
-        return [r["best_val_mIoU"] for r in self.runs.values()]
-
-
 def group_runs(runs: list[dict], baseline: str = "supervised") -> tuple[list[str], list[Row]]:
     """(differing keys, rows) in table order. Steps are part of a row's key: a short run (a smoke test, a schedule
     changed since) never averages into, or hides, a full one. Of two runs of one row and seed, the newer (results.json
@@ -210,23 +193,6 @@ def group_runs(runs: list[dict], baseline: str = "supervised") -> tuple[list[str
     return keys, order
 
 
-def split_order(split: str) -> tuple:
-    """Label counts numerically (16 < 92 < 1464); fractions such as 1_16 by value; anything else by name."""
-    numerator, _, denominator = split.partition("_")
-    if split.isdigit():
-        return 0, int(split), split
-    if numerator.isdigit() and denominator.isdigit() and int(denominator):
-        return 1, int(numerator) / int(denominator), split
-    return 2, 0, split
-
-
-def natural(value: str) -> tuple:
-    try:
-        return 0, float(value), value
-    except ValueError:
-        return 1, 0.0, value
-
-
 def baseline_row(row: Row, rows: list[Row], keys: list[str], baseline: str) -> Row | None:
     """The baseline's row on the same dataset and split with the same shared settings: keys under `method.` are
     the method's own knobs and do not have to match. Steps need not match either (methods' schedules differ), but
@@ -241,13 +207,6 @@ def baseline_row(row: Row, rows: list[Row], keys: list[str], baseline: str) -> R
         if len(found) == 1:
             return found[0]
     return None
-
-
-def mean_sd(values: list[float]) -> tuple[float, float]:
-    """Mean and sample standard deviation (n − 1); the sd is NaN for a single value."""
-    mean = sum(values) / len(values)
-    sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1)) if len(values) > 1 else math.nan
-    return mean, sd
 
 
 def select(runs: list[dict], seeds: list[int] | None) -> list[dict]:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from sslseg.results import Row, mean_sd, split_order
+from sslseg.results_rows import Row, mean_sd, split_order
 
 SEED_DOT = {"marker": ".", "s": 40, "alpha": 0.6, "linewidths": 0, "zorder": 5}
 

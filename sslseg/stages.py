@@ -28,7 +28,7 @@ from pathlib import Path
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.utilities import rank_zero_only
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from PIL import Image
 from torch.utils.data import DataLoader
 
@@ -46,22 +46,10 @@ from sslseg.generation import (
     write_list,
 )
 from sslseg.pseudo_labels import cbst_thresholds, class_targets, dars_thresholds, labeled_prior
+from sslseg.recipes import stage_config
 from sslseg.results import write_results
 
 KINDS = ("train", "generate")
-
-
-def stage_config(cfg: DictConfig, stage: DictConfig, epochs_before: int) -> DictConfig:
-    """The run's config for one train stage: `method.overrides` (every stage), the stage's own
-    `overrides` (nested config keys), its epochs and the schedule offset."""
-    out = OmegaConf.merge(cfg, cfg.method.get("overrides") or {}, stage.get("overrides") or {})
-    if stage.get("steps"):  # a budget in iterations (Learning-Pseudo-Label's): epochs run until it is spent
-        OmegaConf.update(out, "dataset.epochs", -1)
-        OmegaConf.update(out, "trainer.max_steps", int(stage.steps))
-    else:
-        OmegaConf.update(out, "dataset.epochs", int(stage.epochs))
-    OmegaConf.update(out, "optim.schedule_offset_epochs", epochs_before, force_add=True)
-    return out
 
 
 RULES = ("dars", "cbst", "all")
@@ -92,7 +80,7 @@ def check_stages(stages: DictConfig) -> None:
 
 
 def run_stages(cfg: DictConfig, cls, run_dir: Path) -> dict:
-    from sslseg.experiment import fit
+    from sslseg.fitting import fit
 
     check_stages(cfg.method.stages)
 
@@ -170,7 +158,7 @@ def damaged_pseudo_labels(pseudo_list: Path, root: Path, num_classes: int) -> li
 def generate(cfg: DictConfig, cls, out_dir: Path, weights: Path, stage: DictConfig) -> None:
     """Pseudo-labels for the unlabeled list of `cfg.split` (sslseg/generation.py), written into `out_dir`,
     by the network of `weights` (rebuilt from that checkpoint's own config), with the stage's rule."""
-    from sslseg.experiment import trainer_kwargs
+    from sslseg.fitting import trainer_kwargs
 
     started = time.monotonic()
     root = Path(cfg.paths.data_root)

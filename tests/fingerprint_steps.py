@@ -17,8 +17,9 @@ from lightning.pytorch.callbacks import Callback
 from omegaconf import OmegaConf
 
 from sslseg.cli import compose_config
-from sslseg.experiment import build_datamodule, method_class, trainer_kwargs
-from sslseg.stages import stage_config
+from sslseg.fitting import build_datamodule, trainer_kwargs
+from sslseg.methods.base import method_class
+from sslseg.recipes import stage_config
 
 METHODS = ["supervised", "fixmatch", "unimatch", "daw", "dssn", "ddfp", "dars", "pct"]
 

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from sslseg.bench import synthetic_batch
-from sslseg.experiment import method_class
 from sslseg.losses import standardized_mse
+from sslseg.methods.base import method_class
 from sslseg.methods.components import confidence
 from sslseg.methods.selection import class_aware
 from sslseg.methods.weak_to_strong import Targets

@@ -33,7 +33,7 @@ def compose_recipe(name: str, *more: str):
 def _value(cfg, key: str):
     """A config value; `stages.<stage>.<key>`: the key in that stage's own config (sslseg.stages.stage_config)."""
     if key.startswith("stages."):
-        from sslseg.stages import stage_config
+        from sslseg.recipes import stage_config
 
         _, stage, rest = key.split(".", 2)
         cfg = stage_config(cfg, cfg.method.stages[stage], 0)
@@ -419,8 +419,8 @@ def test_parameter_groups_by_role_and_module_path():
 def test_dars_validates_on_its_releases_cadence(name, stage, count):
     """tool/train.py: epoch_log > evaluate_start and (epoch_log - evaluate_start) % evaluate_freq == 0, epoch_log
     counted over the rounds; the last epoch of every round is among them."""
-    from sslseg.experiment import validation_cadence
-    from sslseg.stages import stage_config
+    from sslseg.fitting import validation_cadence
+    from sslseg.recipes import stage_config
 
     cfg = compose_recipe(name)
     names = list(cfg.method.stages)
@@ -434,7 +434,7 @@ def test_dars_validates_on_its_releases_cadence(name, stage, count):
 
 
 def test_every_n_epochs_without_a_start_is_lightnings_own():
-    from sslseg.experiment import trainer_kwargs, validation_cadence
+    from sslseg.fitting import trainer_kwargs, validation_cadence
 
     cfg = compose_cfg(["method=ddfp", "dataset=pascal"])
     assert validation_cadence(cfg) is None and trainer_kwargs(cfg)["check_val_every_n_epoch"] == 4
@@ -444,7 +444,7 @@ def test_every_n_epochs_without_a_start_is_lightnings_own():
 
 
 def test_fp16_runs_as_fp32_without_a_gpu():
-    from sslseg.experiment import trainer_kwargs
+    from sslseg.fitting import trainer_kwargs
 
     cfg = compose_cfg(["method=ddfp", "dataset=pascal", "trainer.accelerator=cpu"])
     assert cfg.trainer.precision == "16-mixed" and trainer_kwargs(cfg)["precision"] == "32-true"

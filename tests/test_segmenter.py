@@ -17,10 +17,9 @@ import sslseg
 from sslseg.data.io import read_image, read_mask
 from sslseg.errors import UserError
 from sslseg.evaluation import list_images, load_for_validation, predict_folder
-from sslseg.experiment import method_class
 from sslseg.export import export
 from sslseg.inference import predict
-from sslseg.methods.base import SemiSegModule
+from sslseg.methods.base import SemiSegModule, method_class
 from sslseg.methods.daw import DAW
 from sslseg.methods.teacher import Teacher
 from sslseg.palette import CITYSCAPES_PALETTE, VOC_PALETTE, palette_for

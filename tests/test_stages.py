@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-import sslseg.experiment
+import sslseg.fitting
 import sslseg.stages
 from sslseg.errors import UserError
 from sslseg.stages import run_stages
@@ -27,7 +27,7 @@ def _recorder(monkeypatch):
         (out_dir / "stats.json").write_text(json.dumps({"summary": {"labeled_share": stage.labeling_ratio}}))
         (out_dir / "pseudo.txt").write_text("")
 
-    monkeypatch.setattr(sslseg.experiment, "fit", fake_fit)
+    monkeypatch.setattr(sslseg.fitting, "fit", fake_fit)
     monkeypatch.setattr(sslseg.stages, "generate", fake_generate)
     # The stand-in writes no pseudo-labels to check (tests/test_dars_end_to_end.py damages real ones).
     monkeypatch.setattr(sslseg.stages, "damaged_pseudo_labels", lambda *args: [])

@@ -14,6 +14,8 @@ reported instead of choosing again on other data.
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
 from pathlib import Path
 
 import lightning.pytorch as pl
@@ -96,6 +98,23 @@ def instantiate_optimizer(optim_cfg: DictConfig, groups: list[dict], on_gpu: boo
     if fused is not None and "fused" in inspect.signature(build.func).parameters:
         build.keywords["fused"] = (on_gpu if fused == "auto" else bool(fused)) or None
     return build(groups)
+
+
+def method_class(cfg: DictConfig) -> type[SemiSegModule]:
+    """The method's LightningModule. A `_target_` naming no module or class is the user's typo (one line);
+    an import error inside an existing module is a bug in it and keeps its traceback."""
+    target = str(cfg.method._target_)
+    module_name, _, class_name = target.rpartition(".")
+    try:
+        found = importlib.util.find_spec(module_name) is not None
+    except ModuleNotFoundError:  # a parent package is missing
+        found = False
+    if not found:
+        raise UserError(f"method._target_={target}: no module {module_name}")
+    cls = getattr(importlib.import_module(module_name), class_name, None)
+    if not (isinstance(cls, type) and issubclass(cls, SemiSegModule)):
+        raise UserError(f"method._target_={target}: {module_name} has no SemiSegModule named {class_name}")
+    return cls
 
 
 class SemiSegModule(pl.LightningModule):
@@ -268,7 +287,6 @@ class SemiSegModule(pl.LightningModule):
         pretrained backbone file (the checkpoint holds every weight). For prediction, `sslseg.Segmenter` is
         simpler: it also applies the evaluation protocol and the recorded network."""
         from sslseg.checkpoint import read_checkpoint
-        from sslseg.experiment import method_class
 
         _, cfg = read_checkpoint(checkpoint_path)
         target = method_class(cfg)
