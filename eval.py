@@ -10,20 +10,15 @@ from hydra.core.hydra_config import HydraConfig
 os.environ.setdefault("SSLSEG_ROOT", os.path.dirname(os.path.abspath(__file__)))
 
 from sslseg.cli import quote_split_overrides  # noqa: E402
-from sslseg.config_checks import remove_refused_run_dir  # noqa: E402
+from sslseg.config_checks import refused_run_leaves_no_folder  # noqa: E402
 from sslseg.console_log import quiet_third_party  # noqa: E402
 from sslseg.errors import exit_on_user_error  # noqa: E402
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="eval")
 def main(cfg) -> None:
-    run_dir = Path(HydraConfig.get().runtime.output_dir)
-    try:
+    with refused_run_leaves_no_folder(Path(HydraConfig.get().runtime.output_dir), cfg):
         run(cfg)
-    except SystemExit as exc:
-        if exc.code == 2:  # refused on bad input: no empty run folder stays behind
-            remove_refused_run_dir(run_dir, Path(str(cfg.paths.output_dir)))
-        raise
 
 
 @exit_on_user_error

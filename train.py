@@ -10,7 +10,7 @@ from hydra.core.hydra_config import HydraConfig
 os.environ.setdefault("SSLSEG_ROOT", os.path.dirname(os.path.abspath(__file__)))
 
 from sslseg.cli import is_launcher_rank, quote_split_overrides  # noqa: E402
-from sslseg.config_checks import check_config, remove_refused_run_dir  # noqa: E402
+from sslseg.config_checks import check_config, refused_run_leaves_no_folder  # noqa: E402
 from sslseg.console_log import console_logged, quiet_third_party  # noqa: E402
 from sslseg.errors import exit_on_user_error  # noqa: E402
 
@@ -20,13 +20,8 @@ def main(cfg) -> float:
     if not is_launcher_rank():  # a DDP child: its launcher logs the run's console
         return run(cfg)
     run_dir = Path(HydraConfig.get().runtime.output_dir)
-    try:
-        with console_logged(run_dir / "train.log"):
-            return run(cfg)
-    except SystemExit as exc:
-        if exc.code == 2:  # refused on bad input: no empty run folder stays behind
-            remove_refused_run_dir(run_dir, Path(str(cfg.paths.output_dir)))
-        raise
+    with refused_run_leaves_no_folder(run_dir, cfg), console_logged(run_dir / "train.log"):
+        return run(cfg)
 
 
 @exit_on_user_error

@@ -37,14 +37,26 @@ from sslseg.methods.base import method_class
 
 
 def synthetic_batch(streams, batch: int, crop: int, num_classes: int, device) -> dict:
+    """A batch of every stream a method reads, uint8 images and masks as the loaders deliver them: labeled (with
+    the image tags when a tagged stream is read: PCT), unlabeled and mix (weak, two strong views, CutMix boxes),
+    pseudo (image and pseudo-label) and tagged (image, tags, no mask)."""
     gen = torch.Generator().manual_seed(0)
     img = lambda: torch.randint(0, 256, (batch, 3, crop, crop), dtype=torch.uint8, generator=gen).to(device)
     box = lambda: (torch.rand(batch, crop, crop, generator=gen) > 0.7).to(torch.uint8).to(device)
-    mask = torch.randint(0, num_classes, (batch, crop, crop), generator=gen).to(device)
+    masks = lambda: torch.randint(0, num_classes, (batch, crop, crop), generator=gen).to(device)
+    tags = lambda: (torch.rand(batch, num_classes, generator=gen) > 0.7).to(device)
+    mask = masks()
     out = {"labeled": {"image": img(), "mask": mask}}
     for name in streams[1:]:
-        out[name] = {"weak": img(), "strong1": img(), "strong2": img(), "box1": box(), "box2": box(),
-                     "ignore": torch.zeros(batch, crop, crop, dtype=torch.long, device=device)}
+        if name == "pseudo":
+            out[name] = {"image": img(), "mask": masks()}
+        elif name == "tagged":
+            out[name] = {"image": img(), "mask": masks(), "tags": tags(),
+                         "has_mask": torch.zeros(batch, dtype=torch.bool, device=device)}
+            out["labeled"]["tags"] = tags()
+        else:  # unlabeled, mix
+            out[name] = {"weak": img(), "strong1": img(), "strong2": img(), "box1": box(), "box2": box(),
+                         "ignore": torch.zeros(batch, crop, crop, dtype=torch.long, device=device)}
     return out
 
 

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -230,6 +232,18 @@ def remove_refused_run_dir(run_dir: Path, output_dir: Path | None = None) -> boo
         parent.rmdir()
         parent = parent.parent
     return True
+
+
+@contextmanager
+def refused_run_leaves_no_folder(run_dir: Path, cfg: DictConfig) -> Iterator[None]:
+    """train.py's and eval.py's run: one refused on bad input (exit code 2) removes the run folder it created
+    (`remove_refused_run_dir`)."""
+    try:
+        yield
+    except SystemExit as exc:
+        if exc.code == 2:
+            remove_refused_run_dir(run_dir, Path(str(cfg.paths.output_dir)))
+        raise
 
 
 def _output_option(config: DictConfig, dir_key: str) -> str:

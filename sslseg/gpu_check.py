@@ -264,28 +264,6 @@ def run_steps(module, batch: dict, precision: str, warmup: int, steps: int, prob
             "sync_sites": dict(probe.syncs.most_common(5))}
 
 
-def synthetic_batch(streams, batch: int, crop: int, num_classes: int, device) -> dict:
-    """A batch of every stream a method reads, uint8 images and masks as the loaders deliver them."""
-    import torch
-
-    gen = torch.Generator().manual_seed(0)
-    img = lambda: torch.randint(0, 256, (batch, 3, crop, crop), dtype=torch.uint8, generator=gen).to(device)
-    mask = lambda: torch.randint(0, num_classes, (batch, crop, crop), generator=gen).to(device)
-    tags = lambda: (torch.rand(batch, num_classes, generator=gen) > 0.7).to(device)
-    box = lambda: (torch.rand(batch, crop, crop, generator=gen) > 0.7).to(torch.uint8).to(device)
-    out = {}
-    for name in streams:
-        if name in ("labeled", "pseudo"):
-            out[name] = {"image": img(), "mask": mask(), "tags": tags()}
-        elif name == "tagged":
-            out[name] = {"image": img(), "mask": mask(), "tags": tags(),
-                         "has_mask": torch.zeros(batch, dtype=torch.bool, device=device)}
-        else:  # unlabeled, mix
-            out[name] = {"weak": img(), "strong1": img(), "strong2": img(), "box1": box(), "box2": box(),
-                         "ignore": torch.zeros(batch, crop, crop, dtype=torch.long, device=device)}
-    return out
-
-
 def peak_tflops(device_name: str) -> float | None:
     return next((peak for key, peak in DENSE_BF16_PEAK_TFLOPS if key in device_name), None)
 
@@ -318,6 +296,7 @@ def section_steps(rec: Recorder, sizes: Sizes, mode: str = "steps") -> None:
     time per step in each precision (the GPU-busy share against the steps section's time)."""
     import torch
 
+    from sslseg.bench import synthetic_batch
     from sslseg.methods.base import method_class
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")

@@ -71,3 +71,12 @@ def kill_train_when(path: Path, *args: str, timeout: int = 600, sig: int | None 
     run.send_signal(signal.SIGKILL if sig is None else sig)
     output, _ = run.communicate(timeout=timeout)
     return run.returncode, output
+
+
+def read_key_list(path: Path) -> dict[str, tuple[int, ...]]:
+    """A key-list file (`<state-dict key> (<shape>)` per line) as {key: shape}."""
+    keys = {}
+    for line in path.read_text().splitlines():
+        name, shape = line.split(" ", 1)
+        keys[name] = tuple(int(s) for s in shape.strip("()").split(",") if s.strip())
+    return keys

@@ -27,6 +27,7 @@ from sslseg.models import build_segmentor  # noqa: E402
 from sslseg.models.dinov2 import DINOv2ViT, swiglu_hidden  # noqa: E402
 from sslseg.models.perturbations import ComplementaryChannelDropout  # noqa: E402
 from sslseg.models.pretrained import _file_key, load_state  # noqa: E402
+from tests.conftest import read_key_list  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"
@@ -49,14 +50,6 @@ def _meta_keys(backbone: torch.nn.Module) -> dict[str, tuple[int, ...]]:
     return {_file_key(k, backbone.weights_format): tuple(v.shape) for k, v in backbone.state_dict().items()}
 
 
-def _key_list(path: Path) -> dict[str, tuple[int, ...]]:
-    keys = {}
-    for line in path.read_text().splitlines():
-        name, shape = line.split(" ", 1)
-        keys[name] = tuple(int(s) for s in shape.strip("()").split(",") if s.strip())
-    return keys
-
-
 def _meta_device_segmentor(size: str, num_classes: int = 21):
     b, m = _cfgs(f"dinov2_{size}")
     with torch.device("meta"):  # shapes only: ViT-G has 1.1B parameters
@@ -67,7 +60,7 @@ def _meta_device_segmentor(size: str, num_classes: int = 21):
 @pytest.mark.parametrize("size", SIZES)
 def test_meta_key_format_loads_strictly_for_every_size(size):
     backbone = _meta_device_segmentor(size).backbone
-    fixture = _key_list(FIXTURES / f"dinov2_vit{SIZES[size]}14_keys.txt")
+    fixture = read_key_list(FIXTURES / f"dinov2_vit{SIZES[size]}14_keys.txt")
     assert _meta_keys(backbone) == fixture
     state = {k: torch.empty(shape, device="meta") for k, shape in fixture.items()}
     load_state(backbone, state, f"dinov2_vit{SIZES[size]}14_pretrain.pth", backbone.weights_format)  # no error

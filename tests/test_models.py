@@ -1,4 +1,3 @@
-from pathlib import Path
 
 import pytest
 import torch
@@ -7,7 +6,7 @@ from omegaconf import OmegaConf
 from sslseg.errors import UserError
 from sslseg.models import build_segmentor
 from sslseg.models.resnet import DeepStemResNet
-from tests.conftest import ROOT, SHARED
+from tests.conftest import ROOT, SHARED, read_key_list
 
 CONF = ROOT / "conf"
 
@@ -23,22 +22,14 @@ def _cfgs(backbone: str, model: str = "deeplabv3plus", **backbone_overrides):
     return b, m
 
 
-def _key_list(path: Path) -> dict[str, tuple[int, ...]]:
-    keys = {}
-    for line in path.read_text().splitlines():
-        name, shape = line.split(" ", 1)
-        keys[name] = tuple(int(s) for s in shape.strip("()").split(",") if s.strip())
-    return keys
-
-
 @pytest.mark.parametrize("depth,layers", [(50, [3, 4, 6, 3]), (101, [3, 4, 23, 3])])
-def test_state_dict_matches_seed_methods_key_list(depth, layers):
+def test_state_dict_matches_seed_methodsread_key_list(depth, layers):
     key_file = SHARED / "specs" / f"resnet{depth}_keys.txt"
     if not key_file.is_file():
         pytest.skip("../shared/specs not present")
     model = DeepStemResNet(layers=layers)
     ours = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    assert ours == _key_list(key_file)
+    assert ours == read_key_list(key_file)
 
 
 @pytest.mark.parametrize("output_stride", [8, 16])
@@ -106,7 +97,7 @@ def _key_file_state(depth: int) -> dict[str, torch.Tensor]:
         pytest.skip("../shared/specs not present")
     gen = torch.Generator().manual_seed(0)
     state = {k: torch.randn(shape, generator=gen) if shape else torch.tensor(0)
-             for k, shape in _key_list(key_file).items()}
+             for k, shape in read_key_list(key_file).items()}
     state["fc.weight"], state["fc.bias"] = torch.randn(1000, 2048), torch.randn(1000)
     return state
 

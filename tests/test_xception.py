@@ -9,17 +9,13 @@ from omegaconf import OmegaConf
 from sslseg.errors import UserError
 from sslseg.models import build_segmentor
 from sslseg.models.xception import Block, Xception65
-from tests.conftest import ROOT
+from tests.conftest import ROOT, read_key_list
 
 KEY_FILE = Path(__file__).parent / "fixtures" / "xception65_keys.txt"
 
 
 def _key_list() -> dict[str, tuple[int, ...]]:
-    keys = {}
-    for line in KEY_FILE.read_text().splitlines():
-        name, shape = line.split(" ", 1)
-        keys[name] = tuple(int(s) for s in shape.strip("()").split(",") if s.strip())
-    return keys
+    return read_key_list(KEY_FILE)
 
 
 def _cfgs(pretrained=None):
