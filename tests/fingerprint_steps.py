@@ -1,15 +1,20 @@
-"""Three training steps of every method on the toy set (crop 32): the losses, a checksum of the final weights and
-the optimizers' settings, as JSON. Run it before and after a change that must not alter the step math, and compare:
+"""The first training steps of every method on the toy set (crop 32, one CPU thread): each step's loss, a checksum of
+the final weights and the optimizers' settings. tests/fixtures/step_fingerprints.json holds them as the code computed
+them before the method-contract refactor; tests/test_method_contract.py checks that the code still does, bit for bit
+where this machine's kernels are the ones that wrote the file (`kernel_probe`), to 1e-5 elsewhere.
 
-    python -m tests.fingerprint_steps before.json <data dir>    # on the old commit
-    python -m tests.fingerprint_steps after.json <data dir>     # on the new one; the two files must be equal
+Write the file again (only when a change is meant to alter the step math, saying so in its commit):
 
-The recipes change (config keys moved, optimizer from config) left every method's file identical on this machine's
-CPU. Not a test: the checksums depend on the machine's kernels."""
+    python -m tests.fingerprint_steps tests/fixtures/step_fingerprints.json
+"""
+
+from __future__ import annotations
 
 import hashlib
 import json
 import sys
+import tempfile
+from pathlib import Path
 
 import lightning.pytorch as pl
 import torch
@@ -17,11 +22,14 @@ from lightning.pytorch.callbacks import Callback
 from omegaconf import OmegaConf
 
 from sslseg.cli import compose_config
+from sslseg.data.toy import ensure_toy_dataset
 from sslseg.fitting import build_datamodule, trainer_kwargs
 from sslseg.methods.base import method_class
 from sslseg.recipes import stage_config
 
 METHODS = ["supervised", "fixmatch", "unimatch", "daw", "dssn", "ddfp", "dars", "pct"]
+STEPS = 5
+
 
 class Losses(Callback):
     def __init__(self):
@@ -32,39 +40,71 @@ class Losses(Callback):
         self.losses.append(float(loss))
 
 
-def fingerprint(method: str, data_dir: str) -> dict:
+def kernel_probe() -> str:
+    """A checksum of a convolution, a batch norm, a matmul and a softmax on fixed inputs: equal on two machines when
+    their CPU kernels round alike, which is when a bit-for-bit comparison of training steps means something."""
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 8, 16, 16, generator=generator)
+    conv = torch.nn.functional.conv2d(x, torch.randn(8, 8, 3, 3, generator=generator), padding=1)
+    normed = torch.nn.functional.batch_norm(conv, None, None, training=True)
+    out = (normed.flatten(1) @ torch.randn(normed.flatten(1).shape[1], 4, generator=generator)).softmax(1)
+    return hashlib.sha256(out.numpy().tobytes()).hexdigest()[:16]
+
+
+def fit_steps(method: str, data_dir: str | Path, steps: int = STEPS, overrides: tuple[str, ...] = (),
+              callbacks: tuple[Callback, ...] = ()) -> tuple[pl.LightningModule, pl.Trainer]:
+    """`steps` training steps of a method's first stage on the toy set, in this process, seeded as train.py seeds."""
     cfg = compose_config([f"method={method}", f"paths.data_dir={data_dir}", "data.num_workers=0", "logger=none",
-                          "trainer.max_steps=3", "trainer.limit_val_batches=0", "dataset.crop_size=32"])
+                          f"trainer.max_steps={steps}", "trainer.limit_val_batches=0", "dataset.crop_size=32",
+                          *overrides])
     if cfg.method.get("stages"):
         first = next(iter(cfg.method.stages.values()))
         cfg = stage_config(cfg, first, 0)
-        OmegaConf.update(cfg, "trainer.max_steps", 3)
+        OmegaConf.update(cfg, "trainer.max_steps", steps)
     pl.seed_everything(0, workers=True, verbose=False)
     cls = method_class(cfg)
-    dm = build_datamodule(cfg, cls.data_streams(cfg.method), split=cfg.split)
+    datamodule = build_datamodule(cfg, cls.data_streams(cfg.method), split=cfg.split)
     module = cls(cfg)
-    kw = trainer_kwargs(cfg)
-    kw.update(logger=False, enable_checkpointing=False, enable_progress_bar=False, max_steps=3, limit_val_batches=0,
-              num_sanity_val_steps=0)
-    losses = Losses()
-    trainer = pl.Trainer(**kw, callbacks=[losses])
-    trainer.fit(module, datamodule=dm)
-    h = hashlib.sha256()
-    for k, v in sorted(module.state_dict().items()):
-        h.update(k.encode())
-        h.update(v.detach().cpu().contiguous().numpy().tobytes())
-    lrs = [[g["lr"] for g in o.param_groups] for o in trainer.optimizers]
+    kwargs = trainer_kwargs(cfg)
+    kwargs.update(logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                  max_steps=steps, limit_val_batches=0, num_sanity_val_steps=0)
+    trainer = pl.Trainer(**kwargs, callbacks=list(callbacks))
+    trainer.fit(module, datamodule=datamodule)
+    return module, trainer
+
+
+def weights_checksum(module: torch.nn.Module) -> tuple[str, float]:
+    """(sha256 of every state-dict tensor's bytes, the sum of their absolute values in float64)."""
+    digest, total = hashlib.sha256(), 0.0
+    for key, value in sorted(module.state_dict().items()):
+        value = value.detach().cpu().contiguous()
+        digest.update(key.encode())
+        digest.update(value.numpy().tobytes())
+        total += float(value.double().abs().sum())
+    return digest.hexdigest(), total
+
+
+def fingerprint(method: str, data_dir: str | Path, steps: int = STEPS) -> dict:
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the reduction order of a CPU kernel depends on the thread count
+    try:
+        losses = Losses()
+        module, trainer = fit_steps(method, data_dir, steps, callbacks=(losses,))
+    finally:
+        torch.set_num_threads(threads)
+    sha, total = weights_checksum(module)
     settings = ("lr", "momentum", "weight_decay", "betas", "fused", "foreach")
-    return {"losses": losses.losses, "weights": h.hexdigest(), "lrs": lrs,
-            "optim": [type(o).__name__ + str({k: v for k, v in o.defaults.items() if k in settings})
-                      for o in trainer.optimizers]}
+    return {"losses": losses.losses, "weights_sha256": sha, "weights_abs_sum": total,
+            "lrs": [[group["lr"] for group in optimizer.param_groups] for optimizer in trainer.optimizers],
+            "optimizers": [type(o).__name__ + str({k: v for k, v in o.defaults.items() if k in settings})
+                           for o in trainer.optimizers]}
 
 
 if __name__ == "__main__":
-    torch.set_num_threads(1)
-    out = {}
-    for name in METHODS:
-        out[name] = fingerprint(name, sys.argv[2])
-        print(name, out[name], flush=True)
-    with open(sys.argv[1], "w") as file:
-        json.dump(out, file, indent=1)
+    with tempfile.TemporaryDirectory() as tmp:
+        ensure_toy_dataset(Path(tmp) / "toy")
+        out = {"kernel_probe": kernel_probe(), "steps": STEPS, "methods": {}}
+        for name in METHODS:
+            out["methods"][name] = fingerprint(name, tmp)
+            print(name, out["methods"][name]["losses"], flush=True)
+    Path(sys.argv[1]).write_text(json.dumps(out, indent=1) + "\n")
