@@ -33,7 +33,7 @@ from sslseg.data.datasets import UnlabeledDataset, seed_worker
 from sslseg.data.splits import read_split_file
 from sslseg.data.toy import ensure_toy_dataset
 from sslseg.inference import predict
-from sslseg.methods.base import method_class
+from sslseg.methods import method_class
 
 
 def synthetic_batch(streams, batch: int, crop: int, num_classes: int, device) -> dict:

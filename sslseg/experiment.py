@@ -18,7 +18,7 @@ from sslseg.cli import is_launcher_rank
 from sslseg.console_log import network_label
 from sslseg.errors import UserError
 from sslseg.fitting import fit, quiet_duplicate_logs
-from sslseg.methods.base import method_class
+from sslseg.methods import method_class
 from sslseg.recipes import results_entry as recipe_entry
 from sslseg.recipes import start_line
 from sslseg.results import format_iou_table, provenance, write_results

@@ -297,7 +297,7 @@ def section_steps(rec: Recorder, sizes: Sizes, mode: str = "steps") -> None:
     import torch
 
     from sslseg.bench import synthetic_batch
-    from sslseg.methods.base import method_class
+    from sslseg.methods import method_class
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True  # sslseg's matmul_precision
@@ -412,7 +412,7 @@ def tree_overrides(root: Path) -> list[str]:
 
 def section_pipeline(rec: Recorder, sizes: Sizes, tree: Path) -> None:
     from sslseg.fitting import build_datamodule
-    from sslseg.methods.base import method_class
+    from sslseg.methods import method_class
 
     cfg = compose(["method=unimatch", "dataset=pascal", *tree_overrides(tree)], sizes)
     cls = method_class(cfg)
@@ -448,7 +448,7 @@ def section_inference(rec: Recorder, sizes: Sizes) -> None:
     import torch
 
     from sslseg.bench import inference_throughput
-    from sslseg.methods.base import method_class
+    from sslseg.methods import method_class
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     torch.backends.cudnn.benchmark = True
@@ -479,7 +479,7 @@ def section_curves(rec: Recorder, sizes: Sizes, tree: Path) -> None:
     import torch
 
     from sslseg.fitting import build_datamodule
-    from sslseg.methods.base import method_class
+    from sslseg.methods import method_class
 
     device_gpu = torch.cuda.is_available()
     workers = min(8, (os.cpu_count() or 3) // 3) if device_gpu else 0  # per stream: 3 streams

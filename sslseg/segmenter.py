@@ -40,7 +40,7 @@ def load_module(path: str | Path, replace: Mapping | None = None) -> tuple[SemiS
     as the inference network; and whether a validation selected that network (False: no record, the
     method's first evaluated network). `replace`: top-level config sections to use instead of the
     checkpoint's (eval.py's dataset, paths, data and trainer)."""
-    from sslseg.methods.base import method_class  # lazy: sslseg/__init__ imports this module first
+    from sslseg.methods import method_class  # lazy: sslseg/__init__ imports this module first
 
     checkpoint, cfg = read_checkpoint(path)
     for key, value in (replace or {}).items():

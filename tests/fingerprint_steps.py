@@ -24,7 +24,7 @@ from omegaconf import OmegaConf
 from sslseg.cli import compose_config
 from sslseg.data.toy import ensure_toy_dataset
 from sslseg.fitting import build_datamodule, trainer_kwargs
-from sslseg.methods.base import method_class
+from sslseg.methods import method_class
 from sslseg.recipes import stage_config
 
 METHODS = ["supervised", "fixmatch", "unimatch", "daw", "dssn", "ddfp", "dars", "pct"]

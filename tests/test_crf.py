@@ -49,7 +49,7 @@ def test_shapes_are_checked():
 def test_validation_can_refine_with_densecrf():
     import torch
 
-    from sslseg.methods.base import method_class
+    from sslseg.methods import method_class
     from tests.conftest import compose_cfg
 
     cfg = compose_cfg(["method=supervised", "dataset.eval.crf=true"])

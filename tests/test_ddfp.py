@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from sslseg.bench import synthetic_batch
 from sslseg.fitting import build_datamodule
-from sslseg.methods.base import method_class
+from sslseg.methods import method_class
 from sslseg.methods.ddfp import half_box_cutmix
 from tests.conftest import compose_cfg
 

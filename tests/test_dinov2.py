@@ -380,7 +380,7 @@ def test_methods_train_the_vit_dpt_pair_with_their_feature_perturbation(method):
     features (Segmentor.forward(perturb=1)); every trainable parameter gets a gradient (DDP without
     find_unused_parameters)."""
     from sslseg.bench import synthetic_batch
-    from sslseg.methods.base import method_class
+    from sslseg.methods import method_class
     from tests.conftest import compose_cfg
 
     torch.manual_seed(0)

@@ -8,7 +8,7 @@ import torch
 
 from sslseg.bench import synthetic_batch
 from sslseg.losses import standardized_mse
-from sslseg.methods.base import method_class
+from sslseg.methods import method_class
 from sslseg.methods.components import confidence
 from sslseg.methods.selection import class_aware
 from sslseg.methods.weak_to_strong import Targets

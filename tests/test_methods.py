@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from sslseg.bench import synthetic_batch
-from sslseg.methods.base import method_class
+from sslseg.methods import method_class
 from tests.conftest import compose_cfg
 
 B, CROP, K = 2, 32, 6

@@ -393,7 +393,7 @@ def test_adamw_is_one_config_away():
 def test_parameter_groups_by_role_and_module_path():
     import torch
 
-    from sslseg.methods.base import param_groups
+    from sslseg.methods.optim import param_groups
     from sslseg.models import build_segmentor
 
     cfg = compose_cfg(["method=dars", "dataset=cityscapes", "variant=deeplabv2", "backbone.pretrained=null"])

@@ -19,7 +19,8 @@ from sslseg.errors import UserError
 from sslseg.evaluation import list_images, load_for_validation, predict_folder
 from sslseg.export import export
 from sslseg.inference import predict
-from sslseg.methods.base import SemiSegModule, method_class
+from sslseg.methods import method_class
+from sslseg.methods.base import SemiSegModule
 from sslseg.methods.daw import DAW
 from sslseg.methods.teacher import Teacher
 from sslseg.palette import CITYSCAPES_PALETTE, VOC_PALETTE, palette_for

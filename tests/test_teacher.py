@@ -98,7 +98,7 @@ def test_train_mode_teacher_normalises_with_the_batch():
 
 def test_the_module_updates_its_teacher_after_every_step_and_checkpoints_the_index():
     cfg = compose_cfg(["method=daw"])
-    from sslseg.methods.base import method_class
+    from sslseg.methods import method_class
 
     module = method_class(cfg)(cfg)
     weight = lambda net: net.decoder.classifier.bias.detach().clone()

@@ -69,7 +69,7 @@ class Segmentor(nn.Module):
 
     def param_groups(self) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
         """(backbone parameters, head parameters) that train (frozen ones, such as DeepLabV2's BN affine
-        parameters, are left out). The optimizer groups them by role (optim.lr_mult: methods.base.param_groups)."""
+        parameters, are left out). The optimizer groups them by role (optim.lr_mult: methods.optim.param_groups)."""
         trainable = lambda module: [p for p in module.parameters() if p.requires_grad]
         return trainable(self.backbone), trainable(self.decoder)
 
