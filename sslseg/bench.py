@@ -70,7 +70,7 @@ class StepRunner:
                  compile_model: bool = False):
         self.module, self.batch, self.device, self.bf16 = module.to(device), batch, device, bf16
         module.cfg.perf = {"channels_last": channels_last, "compile": compile_model}
-        module._apply_perf()  # the module's own fast-path switches, as in training
+        module.configure_model()  # the module's own fast-path switches, as in training
         module._trainer = SimpleNamespace(estimated_stepping_batches=10_000)
         conf = module.configure_optimizers()
         module._trainer = None

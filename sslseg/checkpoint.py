@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
@@ -91,7 +91,7 @@ def set_random_states(states: dict) -> None:
 class RunCheckpoints(ModelCheckpoint):
     """Lightning's ModelCheckpoint (best.ckpt by `monitor`, last.ckpt at epoch ends) that also writes
     last.ckpt every `every_n_steps` training steps (0: never) and when a signal stops the run, writes every
-    file through a temporary name, and carries the run's wall time across resumes.
+    file through a temporary name, and carries the run's wall time and random states across resumes.
 
     Lightning turns SIGTERM into an exception after the step in progress (synchronised across DDP ranks);
     SIGINT (Ctrl+C) is sent on as SIGTERM, so it takes the same path instead of interrupting a step
@@ -108,6 +108,7 @@ class RunCheckpoints(ModelCheckpoint):
         self._started = time.monotonic()
         self._seconds_loaded = 0.0  # from the checkpoint a fit resumes (validate(ckpt_path) loads one too)
         self.seconds_before = 0.0  # the earlier parts of this fit
+        self._random_states_to_restore: dict | None = None  # a resumed fit's, set at its first step
 
     @property
     def path(self) -> Path:
@@ -156,7 +157,19 @@ class RunCheckpoints(ModelCheckpoint):
         if self.save_last and not self._should_skip_saving_checkpoint(trainer):
             self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
 
+    # The random states travel with the checkpoint: saved between two steps (those of the next step), restored at the
+    # first step after a resume, once Lightning's set-up (sanity validation, new iterators) has drawn, so that the
+    # resumed run draws as if it had never stopped.
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
+        checkpoint["random_states"] = random_states()
+
+    def on_load_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
+        self._random_states_to_restore = checkpoint.get("random_states")
+
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx: int) -> None:
+        if self._random_states_to_restore is not None:
+            set_random_states(self._random_states_to_restore)
+            self._random_states_to_restore = None
         # Between step k and step k+1: the previous step, its teacher update and its counter are done.
         steps = pl_module.train_steps
         if self.every_n_steps > 0 and steps > self.saved_at and steps % self.every_n_steps == 0:
@@ -201,3 +214,27 @@ class RunCheckpoints(ModelCheckpoint):
 
 def _in_main_thread() -> bool:  # signal handlers can only be set there
     return threading.current_thread() is threading.main_thread()
+
+
+class HandOver(Callback):
+    """Starts a fit where another one ended (an offline method's next round): that fit's weights, statistics,
+    teacher and step count when this one is set up, its optimizers' momentum when this one starts. The lr and the
+    optimizers' other hyperparameters stay this fit's (its continued poly schedule), so the round's first step does
+    not run at the previous round's last lr."""
+
+    def __init__(self, checkpoint_path: str | Path):
+        self.checkpoint_path = Path(checkpoint_path)
+        self._optimizer_states: list[dict] | None = None
+
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        if stage != "fit":
+            return
+        checkpoint = torch.load(self.checkpoint_path, map_location="cpu", weights_only=False)
+        pl_module.load_state_dict(checkpoint["state_dict"])
+        pl_module.train_steps = int(checkpoint.get("train_steps", 0))
+        self._optimizer_states = checkpoint["optimizer_states"]
+
+    def on_fit_start(self, trainer, pl_module) -> None:
+        for optimizer, old in zip(trainer.optimizers, self._optimizer_states or []):
+            optimizer.load_state_dict({"state": old["state"], "param_groups": optimizer.state_dict()["param_groups"]})
+        self._optimizer_states = None

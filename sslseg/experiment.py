@@ -89,7 +89,7 @@ def train(cfg: DictConfig) -> dict | None:
         if cfg.method.get("stages"):
             from sslseg.stages import run_stages
 
-            results = run_stages(cfg, cls, run_dir)  # its wall time sums the stages'
+            results = run_stages(cfg, run_dir)  # its wall time sums the stages'
         else:
             results = fit(cfg, cls, run_dir, ckpt_path=ckpt_path, started=started)
         results |= {"recipe": recipe_entry(cfg)} | provenance(list(HydraConfig.get().overrides.task))

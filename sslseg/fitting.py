@@ -18,7 +18,7 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
-from sslseg.checkpoint import RunCheckpoints
+from sslseg.checkpoint import HandOver, RunCheckpoints
 from sslseg.cli import is_launcher_rank
 from sslseg.console_log import network_label, quiet_third_party, say, start_block
 from sslseg.data.batch import describe_batch
@@ -161,14 +161,14 @@ def fit(cfg: DictConfig, cls: type[SemiSegModule], out_dir: Path, ckpt_path: str
         datamodule.prepare_data()
         datamodule.setup("fit")
     module = cls(cfg)
-    if handover is not None:
-        module.continue_from(handover)
 
     loggers = build_loggers(cfg, out_dir)
     callbacks = build_callbacks(cfg, out_dir / "checkpoints", cfg.trainer, with_logger=bool(loggers))
     cadence = validation_cadence(cfg)
     if cadence is not None:
         callbacks.append(cadence)
+    if handover is not None:
+        callbacks.append(HandOver(handover))
     checkpoint = next((c for c in callbacks if isinstance(c, RunCheckpoints)), None)
     if checkpoint is None:
         raise UserError("callbacks.checkpoint: sslseg needs an sslseg.checkpoint.RunCheckpoints callback "

@@ -459,7 +459,7 @@ def section_inference(rec: Recorder, sizes: Sizes) -> None:
         cfg = compose(overrides, sizes)
         module = method_class(cfg)(cfg, load_pretrained=False).to(device)
         module.cfg.perf = {"channels_last": device.type == "cuda", "compile": False}
-        module._apply_perf()
+        module.configure_model()
         for bf16 in (False, True):
             row = {"mode": mode, "size": list(size), "window": sizes.window if mode == "sliding" else None,
                    "precision": "bf16" if bf16 else "fp32", "backbone": str(cfg.backbone.name)}

@@ -14,6 +14,7 @@ import os
 import secrets
 from pathlib import Path
 
+import numpy as np
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import InstantiationException
 from hydra.types import RunMode
@@ -24,6 +25,7 @@ from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
+from sslseg.data.transforms import IGNORE_INDEX
 from sslseg.errors import UserError
 
 
@@ -53,7 +55,7 @@ def build_callbacks(cfg: DictConfig, checkpoint_dir: Path, trainer_cfg: DictConf
     callbacks = []
     for key, node in (cfg.get("callbacks") or {}).items():
         if not isinstance(node, DictConfig) or "_target_" not in node:
-            continue  # plain options of the group (callbacks.val_images)
+            continue  # a plain option of the group, or an entry switched off (null)
         kwargs = {"dirpath": str(checkpoint_dir)} if "dirpath" in node and node.dirpath is None else {}
         callback = _instantiate(node, f"callbacks.{key}", **kwargs)
         if not isinstance(callback, Callback):
@@ -221,3 +223,45 @@ def log_config(loggers: list[Logger], cfg: DictConfig, extra: dict) -> None:
     hyperparameters = OmegaConf.to_container(cfg, resolve=True) | extra
     for logger in loggers:
         logger.log_hyperparams(hyperparameters)
+
+
+class ValidationMedia(Callback):
+    """W&B media of each validation: the per-class IoU table and the prediction overlays of the first `images` val
+    images, drawn with the network the validation reported. Does nothing without a W&B logger."""
+
+    def __init__(self, images: int = 4):
+        self.images = int(images)
+        self._examples: list[tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]] = []
+
+    @staticmethod
+    def _wandb(trainer) -> WandbLogger | None:
+        if not trainer.is_global_zero:
+            return None
+        return next((logger for logger in trainer.loggers if isinstance(logger, WandbLogger)), None)
+
+    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        """Keep the first val images with every network's prediction (`outputs` of validation_step)."""
+        wanted = self.images - len(self._examples)
+        if wanted <= 0 or not outputs or self._wandb(trainer) is None:
+            return
+        for i in range(min(wanted, batch["image"].shape[0])):
+            self._examples.append((batch["image"][i].permute(1, 2, 0).cpu().numpy(), batch["mask"][i].cpu().numpy(),
+                                   {name: p[i].cpu().numpy() for name, p in outputs.items()}))
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        examples, self._examples = self._examples, []
+        wandb_logger, last_val = self._wandb(trainer), pl_module.last_val
+        if wandb_logger is None or last_val is None:
+            return
+        step = trainer.global_step
+        wandb_logger.log_table("val/per_class_IoU", columns=["class", "IoU"],
+                               data=[[name, iou] for name, iou in last_val["per_class_IoU"].items()], step=step)
+        if examples:
+            labels = dict(enumerate(pl_module.class_names)) | {IGNORE_INDEX: "ignore"}
+            overlay = lambda mask: {"mask_data": mask.astype(np.uint8), "class_labels": labels}
+            wandb_logger.log_image("val/predictions", images=[image for image, _, _ in examples], step=step,
+                                   masks=[{"prediction": overlay(p[last_val["network"]]), "ground_truth": overlay(m)}
+                                          for _, m, p in examples])
+
+    on_test_batch_end = on_validation_batch_end
+    on_test_end = on_validation_end

@@ -45,6 +45,7 @@ from sslseg.generation import (
     select_and_write,
     write_list,
 )
+from sslseg.methods import method_class
 from sslseg.pseudo_labels import cbst_thresholds, class_targets, dars_thresholds, labeled_prior
 from sslseg.recipes import stage_config
 from sslseg.results import write_results
@@ -79,7 +80,7 @@ def check_stages(stages: DictConfig) -> None:
         raise UserError("method.stages has no train stage")
 
 
-def run_stages(cfg: DictConfig, cls, run_dir: Path) -> dict:
+def run_stages(cfg: DictConfig, run_dir: Path) -> dict:
     from sslseg.fitting import fit
 
     check_stages(cfg.method.stages)
@@ -105,8 +106,8 @@ def run_stages(cfg: DictConfig, cls, run_dir: Path) -> dict:
                 resume = last.is_file()
                 _say(f"stage {name}: {'resuming' if resume else 'training'} ({', '.join(streams)})")
                 handover = None if resume or fresh or last_train is None else last_train / "checkpoints" / "last.ckpt"
-                results = fit(stage_cfg, cls, stage_dir, ckpt_path=str(last) if resume else None, streams=streams,
-                              pseudo_list=pseudo_list, handover=handover) | {"stage": name}
+                results = fit(stage_cfg, method_class(stage_cfg), stage_dir, ckpt_path=str(last) if resume else None,
+                              streams=streams, pseudo_list=pseudo_list, handover=handover) | {"stage": name}
                 _write(done, results)
             summary[name] = {"best_val_mIoU": results["best_val_mIoU"], "final_val_mIoU": results["final_val_mIoU"],
                              "steps": results["steps"], "wall_seconds": results.get("wall_seconds", 0.0)}
@@ -124,7 +125,7 @@ def run_stages(cfg: DictConfig, cls, run_dir: Path) -> dict:
                 _say(f"stage {name}: done, skipped")
             else:
                 _say(f"stage {name}: generating pseudo-labels")
-                generate(cfg, cls, stage_dir, last_train / "checkpoints" / "last.ckpt", stage)
+                generate(cfg, stage_dir, last_train / "checkpoints" / "last.ckpt", stage)
             stats = json.loads((stage_dir / "stats.json").read_text())
             summary[name] = stats["summary"] | {"wall_seconds": stats.get("wall_seconds", 0.0)}
     wall_seconds = round(sum(stage.get("wall_seconds", 0.0) for stage in summary.values()), 1)
@@ -155,7 +156,7 @@ def damaged_pseudo_labels(pseudo_list: Path, root: Path, num_classes: int) -> li
     return problems
 
 
-def generate(cfg: DictConfig, cls, out_dir: Path, weights: Path, stage: DictConfig) -> None:
+def generate(cfg: DictConfig, out_dir: Path, weights: Path, stage: DictConfig) -> None:
     """Pseudo-labels for the unlabeled list of `cfg.split` (sslseg/generation.py), written into `out_dir`,
     by the network of `weights` (rebuilt from that checkpoint's own config), with the stage's rule."""
     from sslseg.fitting import trainer_kwargs
@@ -174,7 +175,7 @@ def generate(cfg: DictConfig, cls, out_dir: Path, weights: Path, stage: DictConf
         tags = dataset_tags(samples, root, cfg.dataset)
 
     checkpoint, train_cfg = read_checkpoint(weights)
-    module = cls(train_cfg, load_pretrained=False)
+    module = method_class(train_cfg)(train_cfg, load_pretrained=False)
     module.load_state_dict(checkpoint["state_dict"])
     writer = PseudoLabelWriter(out_dir, num_classes)
     kwargs = trainer_kwargs(cfg) | {"logger": False, "enable_checkpointing": False, "callbacks": [writer]}

@@ -37,7 +37,7 @@ def _recorder(monkeypatch):
 def test_stages_run_in_order_and_hand_over(monkeypatch, tmp_path):
     calls = _recorder(monkeypatch)
     cfg = compose_cfg(["method=dars"])
-    results = run_stages(cfg, None, tmp_path)
+    results = run_stages(cfg, tmp_path)
     assert [(kind, name) for kind, name, _ in calls] == [("fit", "round0"), ("generate", "pseudo1"), ("fit", "round1"),
                                                          ("generate", "pseudo2"), ("fit", "round2")]
     round0, gen1, round1, gen2, round2 = (c[2] for c in calls)
@@ -58,14 +58,14 @@ def test_stages_run_in_order_and_hand_over(monkeypatch, tmp_path):
 def test_a_finished_stage_is_skipped_and_an_interrupted_one_resumes(monkeypatch, tmp_path):
     calls = _recorder(monkeypatch)
     cfg = compose_cfg(["method=dars"])
-    run_stages(cfg, None, tmp_path)
+    run_stages(cfg, tmp_path)
     # Pretend round1 never finished but left a checkpoint, and round2 never started.
     (tmp_path / "round1" / "results.json").unlink()
     (tmp_path / "round2" / "results.json").unlink()
     (tmp_path / "round1" / "checkpoints").mkdir(parents=True)
     (tmp_path / "round1" / "checkpoints" / "last.ckpt").write_bytes(b"")
     calls.clear()
-    run_stages(cfg, None, tmp_path)
+    run_stages(cfg, tmp_path)
     assert [(kind, name) for kind, name, _ in calls] == [("fit", "round1"), ("fit", "round2")]
     resumed = calls[0][2]
     assert resumed["ckpt_path"] == str(tmp_path / "round1" / "checkpoints" / "last.ckpt")
@@ -76,13 +76,13 @@ def test_a_finished_stage_is_skipped_and_an_interrupted_one_resumes(monkeypatch,
 def test_bad_stage_lists_are_one_line_errors(monkeypatch, tmp_path):
     _recorder(monkeypatch)
     with pytest.raises(UserError, match="method.stages.oops.kind must be one of"):
-        run_stages(compose_cfg(["method=dars", "+method.stages.oops={kind: nope}"]), None, tmp_path)
+        run_stages(compose_cfg(["method=dars", "+method.stages.oops={kind: nope}"]), tmp_path)
     with pytest.raises(UserError, match="a generate stage needs a train stage before it"):
-        run_stages(compose_cfg(["method=dars", "~method.stages.round0"]), None, tmp_path / "b")
+        run_stages(compose_cfg(["method=dars", "~method.stages.round0"]), tmp_path / "b")
     with pytest.raises(UserError, match="pseudo1.thresholds must be one of"):
-        run_stages(compose_cfg(["method=dars", "method.stages.pseudo1.thresholds=dras"]), None, tmp_path / "c")
+        run_stages(compose_cfg(["method=dars", "method.stages.pseudo1.thresholds=dras"]), tmp_path / "c")
     with pytest.raises(UserError, match="pseudo2 needs a labeling_ratio"):
-        run_stages(compose_cfg(["method=dars", "~method.stages.pseudo2.labeling_ratio"]), None, tmp_path / "d")
+        run_stages(compose_cfg(["method=dars", "~method.stages.pseudo2.labeling_ratio"]), tmp_path / "d")
     with pytest.raises(UserError, match="round1 continues a stage budgeted in steps"):
-        run_stages(compose_cfg(["method=dars", "+method.stages.round0.steps=100"]), None, tmp_path / "e")
+        run_stages(compose_cfg(["method=dars", "+method.stages.round0.steps=100"]), tmp_path / "e")
     assert not any((tmp_path / d).exists() for d in "cde")  # checked before anything ran

@@ -36,6 +36,7 @@ from sslseg.data.transforms import IGNORE_INDEX
 from sslseg.methods.components import confidence
 from sslseg.methods.selection import JumpThreshold
 from sslseg.methods.unimatch import UniMatch
+from sslseg.methods.weak_to_strong import Targets
 
 
 class DistributionAlignment(nn.Module):
@@ -69,6 +70,9 @@ class DistributionAlignment(nn.Module):
 
 
 class DAW(UniMatch):
+    """UniMatch's step with its pseudo-targets aligned (`pseudo_targets`) and its threshold the jump point
+    (`update_selection`, `threshold`)."""
+
     def __init__(self, cfg, load_pretrained: bool = True):
         super().__init__(cfg, load_pretrained)
         m = self.cfg.method
@@ -79,37 +83,16 @@ class DAW(UniMatch):
     def threshold(self) -> torch.Tensor:
         return self.jump.tau
 
-    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        x, y = batch["labeled"]["image"], batch["labeled"]["mask"]
-        u = batch["unlabeled"]
+    def pseudo_targets(self, logits, y, probs_w, ignore, partners):
+        """2. Alignment statistics from the unaligned probabilities, then the aligned pseudo-labels."""
+        valid_u = torch.cat([ignore, partners.ignore]) != IGNORE_INDEX
+        self.align.update(logits.probs(logits.labeled), y != IGNORE_INDEX, torch.cat([probs_w, partners.probs]),
+                          valid_u, self.all_reduce)
+        return Targets.of(self.align(probs_w), ignore), Targets.of(self.align(partners.probs), partners.ignore)
 
-        # 1. UniMatch's views and passes.
-        partners = self.partners(batch, self.predict_partner)
-        strong1, strong2 = self.strong_views(u, partners)
-        pred_x, pred_w, (pred_fp,) = self.forward_weak(x, u["weak"], perturb=1)
-        pred_s1, pred_s2 = self.forward_strong(strong1, strong2)
-        probs_x = pred_x.detach().float().softmax(1)
-        probs_w = pred_w.detach().float().softmax(1)
-        self.complete_partners(partners, probs_w)
-
-        # 2. Alignment statistics from the unaligned probabilities, then aligned pseudo-labels.
-        valid_u = torch.cat([u["ignore"], partners.ignore]) != IGNORE_INDEX
-        self.align.update(probs_x, y != IGNORE_INDEX, torch.cat([probs_w, partners.probs]), valid_u, self._reduce_sum)
-        weak = self.targets(self.align(probs_w), u["ignore"])
-        partner = self.targets(self.align(partners.probs), partners.ignore)
-
-        # 3. τ from this labeled batch (the released order: after L_x, before the unlabeled losses).
-        loss_x = self.criterion_l(pred_x, y)
-        self.jump.update(probs_x, y, self._reduce_mean)
+    def update_selection(self, logits, y) -> None:
+        """3. τ from this labeled batch (the released order: after L_x, before the unlabeled losses)."""
+        self.jump.update(logits.probs(logits.labeled), y, lambda t: self.all_reduce(t, "mean"))
         self.log_dict({"train/mu_pos": self.jump.mu_pos.float(), "train/sigma_pos": self.jump.sigma_pos.float(),
                        "train/mu_neg": self.jump.mu_neg.float(), "train/sigma_neg": self.jump.sigma_neg.float(),
                        "train/tau_safe": self.jump.tau_safe.float()})
-
-        # 4. UniMatch's loss at τ (5., the teacher's update, follows the optimizer step in the base module).
-        return self.unimatch_loss(loss_x, pred_s1, pred_s2, pred_fp, weak, partner, u)
-
-    def _reduce_mean(self, t: torch.Tensor) -> torch.Tensor:
-        return t if self._trainer is None else self.trainer.strategy.reduce(t, reduce_op="mean")
-
-    def _reduce_sum(self, t: torch.Tensor) -> torch.Tensor:
-        return t if self._trainer is None else self.trainer.strategy.reduce(t, reduce_op="sum")

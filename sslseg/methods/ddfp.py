@@ -112,6 +112,9 @@ class DDFP(SemiSegModule):
     def flow_training(self) -> bool:
         return self.current_epoch >= int(self.cfg.method.flow_start_epoch)
 
+    def encoder_passes(self, batch: dict) -> int:
+        return 1 if self.supervised_only() else 2  # the student, and the teacher once there are pseudo-labels
+
     # -- optimisation ----------------------------------------------------------------------------------
     def configure_optimizers(self):
         seg = super().configure_optimizers()
@@ -173,22 +176,11 @@ class DDFP(SemiSegModule):
                 flow_loss = self.flow_nll(teacher.features, y, u["ignore"])
                 terms["flow"] = flow_loss
             self.log("train/mask_ratio", selected_share(confident, ignore))
-        self.optimize(loss, flow_loss)
+        seg_optimizer, flow_optimizer = self.optimizers()  # one backward for both losses: disjoint parameters
+        flow = [flow_optimizer] if self.flow_training() else []
+        self.manual_step(loss + flow_loss, seg_optimizer, *flow, clip_norm=float(m.flow.grad_clip))
         self.log_dict({"train/loss": loss} | {f"train/loss_{k}": v for k, v in terms.items()})
         return loss
-
-    def optimize(self, loss: torch.Tensor, flow_loss: torch.Tensor) -> None:
-        """One backward for both losses (disjoint parameters); the student's SGD and poly step, then the
-        flow's clipped Adam step outside Lightning's wrapper (so that only training steps are counted)."""
-        seg_opt, flow_opt = self.optimizers()
-        seg_schedule = self.lr_schedulers()
-        seg_opt.zero_grad()
-        flow_opt.zero_grad()
-        self.manual_backward(loss + flow_loss)
-        if self.flow_training():
-            self.step_uncounted(flow_opt.optimizer, clip_norm=float(self.cfg.method.flow.grad_clip))
-        seg_opt.step()
-        seg_schedule.step()
 
     def perturbed_predictions(self, x: torch.Tensor, strong: torch.Tensor, label: torch.Tensor):
         """(labeled, unlabeled, perturbed unlabeled) logits at the input size (steps 3.1-3.3)."""

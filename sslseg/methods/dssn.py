@@ -46,10 +46,14 @@ SELECTIONS = ("class_aware", "threshold")
 
 
 class DSSN(WeakToStrong):
+    """The weak-to-strong step with the teacher as labeller, two feature perturbations, class-aware selection and
+    the standardised-MSE terms (`unsupervised_loss`)."""
+
+    labeller = "teacher"
+    feature_perturbations = 2
+
     def __init__(self, cfg, load_pretrained: bool = True):
         super().__init__(cfg, load_pretrained)
-        if self.teacher is None:
-            raise UserError("method=dssn needs a method.teacher section")
         m = self.cfg.method
         if m.selection not in SELECTIONS:
             raise UserError(f"method.selection must be one of {list(SELECTIONS)}, got {m.selection!r}")
@@ -63,53 +67,24 @@ class DSSN(WeakToStrong):
         return class_aware(targets.label, targets.conf, self.num_classes, m.class_aware.ratio,
                            m.class_aware.min_confidence)
 
-    @torch.no_grad()
-    def teacher_probs(self, weak: torch.Tensor) -> torch.Tensor:
-        return self.teacher(self.normalize(weak)).logits.float().softmax(1)
-
-    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        x, y = batch["labeled"]["image"], batch["labeled"]["mask"]
-        u = batch["unlabeled"]
-
-        # 1. The teacher labels the partners; CutMix of both strong views.
-        partners = self.partners(batch, self.teacher_probs)
-        strong1, strong2 = self.strong_views(u, partners)
-
-        # 2. Student: [labeled ‖ weak] clean and with two feature perturbations; [strong1 ‖ strong2].
-        pred_x, pred_w, (pred_fp1, pred_fp2) = self.forward_weak(x, u["weak"], perturb=2)
-        pred_s1, pred_s2 = self.forward_strong(strong1, strong2)
-
-        # 3. Pseudo-labels: the student's weak view for the perturbed views, the teacher's (and the
-        #    partners' inside each box) for the strong views.
-        student = self.targets(pred_w.detach().float().softmax(1), u["ignore"])
-        probs_t = self.teacher_probs(u["weak"])
-        self.complete_partners(partners, probs_t)
-        teacher = self.targets(probs_t, u["ignore"])
-        partner = self.targets(partners.probs, partners.ignore)
-        target1, target2 = teacher.mixed(partner, u["box1"]), teacher.mixed(partner, u["box2"])
-
-        # 4-5. Selection and losses.
+    def unsupervised_loss(self, loss_x, logits, targets):
+        """3-5. The strong views against the teacher's targets (the partners' inside each box), the perturbed views
+        against the student's own weak view, and the standardised MSE within each pair."""
+        student = Targets.of(logits.probs(logits.weak), targets.weak.ignore)
         selected = self.select(student)
-        terms = self.losses(pred_s1, pred_s2, pred_fp1, pred_fp2, student, selected, target1, target2)
-        terms["x"] = self.criterion_l(pred_x, y)
-        w = self.cfg.method.loss_weights
-        strong_on = 0.0 if self.teacher.copying(self.train_steps, self.current_epoch) else 1.0
-        loss = (w.x * terms["x"] + strong_on * (w.s1 * terms["s1"] + w.s2 * terms["s2"])
-                + w.fp * (terms["fp1"] + terms["fp2"]) + w.mse * (terms["mse_img"] + terms["mse_feat"])) / 2
-        self.log_dict({"train/loss": loss} | {f"train/loss_{name}": value for name, value in terms.items()}
-                      | {"train/mask_ratio": selected_share(selected, student.ignore)})
-        return loss
-
-    def losses(self, pred_s1, pred_s2, pred_fp1, pred_fp2, student: Targets, selected_student: torch.Tensor,
-               target1: Targets, target2: Targets) -> dict[str, torch.Tensor]:
-        """The unsupervised terms: each strong view against its mixed teacher targets, each perturbed
-        view against the student's weak targets (pixels `selected_student`), and the standardised MSE
-        within each pair."""
-        return {
+        (pred_s1, pred_s2), (pred_fp1, pred_fp2) = logits.strong, logits.perturbed
+        target1, target2 = targets.strong(0), targets.strong(1)
+        terms = {
             "s1": masked_cross_entropy(pred_s1, target1.label, self.select(target1), target1.ignore),
             "s2": masked_cross_entropy(pred_s2, target2.label, self.select(target2), target2.ignore),
-            "fp1": masked_cross_entropy(pred_fp1, student.label, selected_student, student.ignore),
-            "fp2": masked_cross_entropy(pred_fp2, student.label, selected_student, student.ignore),
+            "fp1": masked_cross_entropy(pred_fp1, student.label, selected, student.ignore),
+            "fp2": masked_cross_entropy(pred_fp2, student.label, selected, student.ignore),
             "mse_img": standardized_mse(pred_s1, pred_s2),
             "mse_feat": standardized_mse(pred_fp1, pred_fp2),
         }
+        w = self.cfg.method.loss_weights
+        strong_on = 0.0 if self.teacher.copying(self.train_steps, self.current_epoch) else 1.0
+        loss = (w.x * loss_x + strong_on * (w.s1 * terms["s1"] + w.s2 * terms["s2"])
+                + w.fp * (terms["fp1"] + terms["fp2"]) + w.mse * (terms["mse_img"] + terms["mse_feat"])) / 2
+        return loss, {f"loss_{name}": value for name, value in terms.items()} | {
+            "mask_ratio": selected_share(selected, student.ignore)}

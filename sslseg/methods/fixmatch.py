@@ -1,4 +1,4 @@
-"""FixMatch for segmentation, as in UniMatch's `fixmatch.py`.
+"""FixMatch for segmentation, as in UniMatch's `fixmatch.py`, on the weak-to-strong step (weak_to_strong.py).
 
 1. Partners' pseudo-labels (student in eval mode, no grad) and CutMix of the strong view.
 2. One pass on [labeled ‖ weak]; one pass on the CutMixed strong view.
@@ -9,36 +9,15 @@
 
 from __future__ import annotations
 
-import torch
-
 from sslseg.losses import masked_cross_entropy, selected_share
-from sslseg.methods.components import cutmix
 from sslseg.methods.weak_to_strong import WeakToStrong
 
 
 class FixMatch(WeakToStrong):
-    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        x, y = batch["labeled"]["image"], batch["labeled"]["mask"]
-        u = batch["unlabeled"]
+    strong_view_count = 1
 
-        # 1. CutMix partners and the mixed strong view.
-        partners = self.partners(batch, self.predict_partner)
-        strong = cutmix(u["strong1"], partners.strong1, u["box1"])
-
-        # 2. Forward passes.
-        pred_x, pred_w, _ = self.forward_weak(x, u["weak"])
-        pred_s = self.model(self.normalize(strong)).logits
-
-        # 3. Pseudo-labels.
-        probs_w = pred_w.detach().float().softmax(1)
-        self.complete_partners(partners, probs_w)
-        weak = self.targets(probs_w, u["ignore"])
-        target = weak.mixed(self.targets(partners.probs, partners.ignore), u["box1"])
-
-        # 4. Losses.
-        loss_x = self.criterion_l(pred_x, y)
-        loss_s = masked_cross_entropy(pred_s, target.label, self.select(target), target.ignore)
-        loss = (loss_x + loss_s) / 2
-        self.log_dict({"train/loss": loss, "train/loss_x": loss_x, "train/loss_s": loss_s,
-                       "train/mask_ratio": selected_share(self.select(weak), weak.ignore)})
-        return loss
+    def unsupervised_loss(self, loss_x, logits, targets):
+        target = targets.strong(0)
+        loss_s = masked_cross_entropy(logits.strong[0], target.label, self.select(target), target.ignore)
+        mask_ratio = selected_share(self.select(targets.weak), targets.weak.ignore)
+        return (loss_x + loss_s) / 2, {"loss_s": loss_s, "mask_ratio": mask_ratio}

@@ -5,7 +5,7 @@ Semi-AND-weakly supervised: every unlabeled image comes with its image-level cla
 a tag file, sslseg/data/tags.py), so its numbers are not comparable with the purely semi-supervised
 methods' (results.json and docs/toy.md say so).
 
-Stage 1 ("cross", two networks of the same architecture, independently initialised): each step takes a
+Stage 1 (`PCT`, cross training of two networks of the same architecture, independently initialised): each step takes a
 pixel-labeled half (the labeled stream) and a tagged half (any training image, only cropped):
 1. HybridNet H and PseudoNet P on all images; the class-aware softmax (CCE: over the classes of each
    image's tags) gives their pseudo-labels PL_H and PL_P; for tagged images that have a ground-truth mask,
@@ -20,7 +20,7 @@ pixel-labeled half (the labeled stream) and a tagged half (any training image, o
 Then H's pseudo-labels for every unlabeled image: multi-scale + flip logits, the class-aware softmax with
 the image's tags, argmax, every pixel labelled (the ground truth for the labeled images).
 
-Stage 2 ("retrain"): a fresh network trained with plain cross-entropy on all training images (ground truth
+Stage 2 (`PCTRetrain`): a fresh network trained with plain cross-entropy on all training images (ground truth
 or pseudo-label), evaluated without tags.
 
 Differences from the released code:
@@ -61,8 +61,6 @@ from sslseg.inference import predict_with
 from sslseg.losses import class_aware_log_probs, class_aware_nll, tag_classification_loss
 from sslseg.methods.base import SemiSegModule
 from sslseg.models import build_segmentor
-
-PHASES = ("cross", "retrain")
 
 
 def tags_of_masks(masks: torch.Tensor, num_classes: int) -> torch.Tensor:
@@ -115,49 +113,38 @@ def image_weights(iou: torch.Tensor, tags: torch.Tensor, power: float = 8.0, zer
 
 
 class PCT(SemiSegModule):
+    """Stage 1: progressive cross training of HybridNet (`model`) and PseudoNet (`pseudo_net`)."""
+
     uses_image_tags = True
 
     @classmethod
     def data_streams(cls, method_cfg) -> tuple[str, ...]:
-        return ("labeled", "tagged") if method_cfg.get("phase", "cross") == "cross" else ("pseudo",)
+        return ("labeled", "tagged")
 
     def __init__(self, cfg, load_pretrained: bool = True):
         super().__init__(cfg, load_pretrained)
-        self.phase = self.cfg.method.get("phase", "cross")
-        if self.phase not in PHASES:
-            raise UserError(f"method.phase must be one of {list(PHASES)}, got {self.phase!r}")
-        if self.phase == "cross":
-            self.automatic_optimization = False  # two networks, two optimizers
-            self.pseudo_net = build_segmentor(self.cfg.backbone, self.cfg.model, self.num_classes,
-                                              load_pretrained=load_pretrained)
-            self.iou = IoUTracker(self.num_classes, float(self.cfg.method.iou_decay))
+        self.automatic_optimization = False  # two networks, two optimizers
+        self.pseudo_net = build_segmentor(self.cfg.backbone, self.cfg.model, self.num_classes,
+                                          load_pretrained=load_pretrained)
+        self.iou = IoUTracker(self.num_classes, float(self.cfg.method.iou_decay))
 
     def networks(self) -> dict[str, nn.Module]:
-        extra = {"pseudo_net": self.pseudo_net} if self.cfg.method.get("phase", "cross") == "cross" else {}
-        return super().networks() | extra
+        return super().networks() | {"pseudo_net": self.pseudo_net}
 
     def evaluated_networks(self) -> tuple[str, ...]:
-        if self.cfg.method.get("phase", "cross") == "retrain":
-            return ("model",)
         choices = {"hybrid": ("model",), "pseudo": ("pseudo_net",), "both": ("model", "pseudo_net")}
         if self.cfg.method.evaluate not in choices:
             raise UserError(f"method.evaluate must be one of {list(choices)}, got {self.cfg.method.evaluate!r}")
         return choices[self.cfg.method.evaluate]
 
-    # -- stage 1 -----------------------------------------------------------------------------------------
+    def encoder_passes(self, batch: dict) -> int:
+        return 2
+
     def configure_optimizers(self):
-        if self.phase == "retrain":
-            return super().configure_optimizers()
         optimizers, schedules = zip(self.build_optimizer(self.model), self.build_optimizer(self.pseudo_net))
         return list(optimizers), list(schedules)
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        if self.phase == "retrain":
-            pseudo = batch["pseudo"]
-            loss = self.supervised_loss(self.model(self.normalize(pseudo["image"])), pseudo["mask"])
-            self.log("train/loss", loss)
-            return loss
-
         seg, tagged = batch["labeled"], batch["tagged"]
         n = seg["image"].shape[0]
         images = self.normalize(torch.cat([seg["image"], tagged["image"]]))
@@ -175,11 +162,11 @@ class PCT(SemiSegModule):
             target_p = torch.where(has_mask, tagged["mask"], label_h[n:])  # for PseudoNet
             target_h = torch.where(has_mask, tagged["mask"], label_p[n:])  # for HybridNet's L_pct
             # 4. PseudoNet judged on the labeled half, then the tagged images' weights.
-            self.iou.update(label_p[:n], seg["mask"], self._reduce_sum)
+            self.iou.update(label_p[:n], seg["mask"], self.all_reduce)
             weights = image_weights(self.iou.iou(), tagged["tags"], float(self.cfg.method.weight_power),
                                     self.cfg.method.zero_iou)
 
-        # 2-5. The four losses.
+        # 2-5. The four losses; one backward (the networks share no parameter), each network's SGD and poly step.
         terms = {
             "seg_hybrid": class_aware_nll(log_probs_h[:n], seg["mask"]),
             "cls": tag_classification_loss(hybrid, tags),
@@ -187,30 +174,15 @@ class PCT(SemiSegModule):
             "pct": (class_aware_nll(log_probs_h[n:], target_h, reduction="none") * weights[:, None, None]).mean(),
         }
         loss = sum(terms.values())
-        self.optimize(loss)
+        self.manual_step(loss, *self.optimizers())
         self.log_dict({"train/loss": loss} | {f"train/loss_{k}": v for k, v in terms.items()}
                       | {"train/pct_weight": weights.mean(), "train/pseudo_net_mIoU": self.iou.iou().mean().float()})
         return loss
 
-    def optimize(self, loss: torch.Tensor) -> None:
-        """One backward (the two networks share no parameter), then each network's SGD and poly step;
-        PseudoNet's outside Lightning's wrapper, so that the step count counts training steps."""
-        (hybrid_opt, pseudo_opt), (hybrid_schedule, pseudo_schedule) = self.optimizers(), self.lr_schedulers()
-        hybrid_opt.zero_grad()
-        pseudo_opt.zero_grad()
-        self.manual_backward(loss)
-        self.step_uncounted(pseudo_opt.optimizer)
-        hybrid_opt.step()
-        hybrid_schedule.step()
-        pseudo_schedule.step()
-
-    def _reduce_sum(self, t: torch.Tensor) -> torch.Tensor:
-        return t if self._trainer is None else self.trainer.strategy.reduce(t, reduce_op="sum")
-
     # -- evaluation and pseudo-labels --------------------------------------------------------------------
-    def _scores(self, model: nn.Module, x: torch.Tensor, batch: dict | None = None) -> torch.Tensor:
-        scores = super()._scores(model, x, batch)
-        if self.phase == "cross" and self.cfg.method.eval_with_tags and batch is not None:
+    def scores(self, model: nn.Module, x: torch.Tensor, batch: dict | None = None) -> torch.Tensor:
+        scores = super().scores(model, x, batch)
+        if self.cfg.method.eval_with_tags and batch is not None:
             tags = tags_of_masks(batch["mask"], self.num_classes)  # the release's stage-1 test uses val tags
             scores = scores.masked_fill(~tags[:, :, None, None], float("-inf"))
         return scores
@@ -223,3 +195,19 @@ class PCT(SemiSegModule):
                               self.cfg.method.generation)
         conf, label = class_aware_log_probs(logits, batch["tags"]).exp().max(1)
         return label.to(torch.uint8), conf.half()
+
+
+class PCTRetrain(SemiSegModule):
+    """Stage 2: a fresh network, plain cross-entropy on every training image's ground truth or pseudo-label."""
+
+    uses_image_tags = True  # its pseudo-labels came from the tags
+
+    @classmethod
+    def data_streams(cls, method_cfg) -> tuple[str, ...]:
+        return ("pseudo",)
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        pseudo = batch["pseudo"]
+        loss = self.supervised_loss(self.model(self.normalize(pseudo["image"])), pseudo["mask"])
+        self.log("train/loss", loss)
+        return loss
