@@ -50,7 +50,7 @@ def _instantiate(node: DictConfig, where: str, **kwargs):
 
 
 def build_callbacks(cfg: DictConfig, checkpoint_dir: Path, trainer_cfg: DictConfig, with_logger: bool) -> list:
-    """The `callbacks` group's callbacks. A monitor of the learning rate needs a logger, and a progress bar
+    """The `callbacks` group's callbacks. A monitor of the learning rate and W&B media need a logger, and a progress bar
     needs `trainer.enable_progress_bar`: without them those are left out (Lightning would refuse to start)."""
     callbacks = []
     for key, node in (cfg.get("callbacks") or {}).items():
@@ -60,7 +60,7 @@ def build_callbacks(cfg: DictConfig, checkpoint_dir: Path, trainer_cfg: DictConf
         callback = _instantiate(node, f"callbacks.{key}", **kwargs)
         if not isinstance(callback, Callback):
             raise UserError(f"callbacks.{key}: {node._target_} is not a Lightning callback")
-        if isinstance(callback, LearningRateMonitor) and not with_logger:
+        if isinstance(callback, (LearningRateMonitor, ValidationMedia)) and not with_logger:
             continue
         if isinstance(callback, ProgressBar) and not trainer_cfg.get("enable_progress_bar", True):
             continue

@@ -121,7 +121,7 @@ class Segmenter:
     def scores(self, x: torch.Tensor) -> torch.Tensor:
         """Class scores (B, K, H, W) of a normalised batch with the protocol: logits for a single whole-image
         pass, averaged probabilities or logits (`average`) when windows, scales or flips are averaged."""
-        return self.module._scores(self.module.inference_model(), x.to(self.device))
+        return self.module.scores(self.module.inference_model(), x.to(self.device))
 
     @torch.inference_mode()
     def _masks(self, x: torch.Tensor, raw: torch.Tensor | None) -> torch.Tensor:
@@ -131,7 +131,7 @@ class Segmenter:
             return scores.argmax(1)
         if raw is None:  # a normalised input: back to 0..255 for the CRF's colour term
             raw = (x * self.module.pixel_std.to(x.device) + self.module.pixel_mean.to(x.device)).round().clamp(0, 255)
-        return self.module._labels(scores, {"image": raw.to(torch.uint8)})
+        return self.module.labels(scores, {"image": raw.to(torch.uint8)})
 
     def __call__(self, images):
         if isinstance(images, torch.Tensor):

@@ -59,5 +59,5 @@ def test_validation_can_refine_with_densecrf():
     scores = torch.zeros(1, 6, 24, 24)
     scores[0, 1, :, :12] = scores[0, 2, :, 12:] = 1.0
     scores[0, 2, 5, 5] = 2.0  # one stray pixel inside the black half
-    labels = module._labels(scores, {"image": torch.from_numpy(image)})
+    labels = module.labels(scores, {"image": torch.from_numpy(image)})
     assert (labels[0, :, :12] == 1).all() and (labels[0, :, 12:] == 2).all()  # smoothed away along the colour edge

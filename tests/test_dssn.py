@@ -11,7 +11,7 @@ from sslseg.losses import standardized_mse
 from sslseg.methods import method_class
 from sslseg.methods.components import confidence
 from sslseg.methods.selection import class_aware
-from sslseg.methods.weak_to_strong import Targets
+from sslseg.methods.weak_to_strong import PseudoTargets, StudentLogits, Targets
 from tests.conftest import compose_cfg
 
 K = 6
@@ -80,17 +80,23 @@ def _targets(label: int, shape=(2, 32, 32)) -> Targets:
     return Targets(torch.full(shape, label), torch.full(shape, 0.99), torch.zeros(shape, dtype=torch.long))
 
 
+def _confident_logits(label: int, shape=(2, 32, 32)) -> torch.Tensor:
+    return torch.nn.functional.one_hot(torch.full(shape, label), K).permute(0, 3, 1, 2).float() * 50
+
+
 def test_each_unsupervised_term_takes_its_gradient_from_its_own_views():
     module, _ = _dssn()
     preds = {name: torch.randn(2, K, 32, 32, requires_grad=True) for name in ("s1", "s2", "fp1", "fp2")}
-    student = _targets(1)
-    terms = module.losses(preds["s1"], preds["s2"], preds["fp1"], preds["fp2"], student,
-                          torch.ones(2, 32, 32, dtype=torch.bool), _targets(2), _targets(3))
+    logits = StudentLogits(torch.zeros(2, K, 32, 32), _confident_logits(1), (preds["fp1"], preds["fp2"]),
+                           (preds["s1"], preds["s2"]))
+    # Strong view 1 keeps the weak view's targets (empty box), view 2 takes the partner's (full box).
+    targets = PseudoTargets(_targets(2), _targets(3), (torch.zeros(2, 32, 32), torch.ones(2, 32, 32)))
+    _, terms = module.unsupervised_loss(torch.zeros(()), logits, targets)
     expected = {"s1": {"s1"}, "s2": {"s2"}, "fp1": {"fp1"}, "fp2": {"fp2"}, "mse_img": {"s1", "s2"},
                 "mse_feat": {"fp1", "fp2"}}
-    assert set(terms) == set(expected)
+    assert set(terms) == {f"loss_{name}" for name in expected} | {"mask_ratio"}
     for term, sources in expected.items():
-        grads = torch.autograd.grad(terms[term], list(preds.values()), allow_unused=True, retain_graph=True)
+        grads = torch.autograd.grad(terms[f"loss_{term}"], list(preds.values()), allow_unused=True, retain_graph=True)
         touched = {name for name, g in zip(preds, grads) if g is not None and g.abs().sum() > 0}
         assert touched == sources, term
 
@@ -103,27 +109,33 @@ def test_strong_views_learn_the_teachers_labels_and_perturbed_views_the_students
         return lambda weak: torch.nn.functional.one_hot(torch.full(weak.shape[:1] + weak.shape[2:], label), K) \
             .permute(0, 3, 1, 2).float() * 0.95 + 0.05 / K
 
-    # The teacher says 4 for the partners (called first), 5 for the weak view; the student says 0.
+    # The teacher says 4 for the partners (labelled first), 5 for the weak view; the student says 0.
     calls = iter([constant_probs(4), constant_probs(5)])
-    module.teacher_probs = lambda weak: next(calls)(weak)
+    module.label = lambda weak, student_logits=None: next(calls)(weak)
     with torch.no_grad():
         module.model.decoder.classifier.bias.copy_(torch.tensor([50.0, 0, 0, 0, 0, 0]))
     seen = {}
-    original = module.losses
-    module.losses = lambda *args: seen.update(zip(("s1", "s2", "fp1", "fp2", "student", "selected", "t1", "t2"),
-                                                  args)) or original(*args)
+    original = module.unsupervised_loss
+    module.unsupervised_loss = lambda loss_x, logits, targets: seen.update(logits=logits, targets=targets) \
+        or original(loss_x, logits, targets)
     module.train()
     module.training_step(batch, 0)
-    assert (seen["student"].label == 0).all()
-    for target, box in ((seen["t1"], u["box1"]), (seen["t2"], u["box2"])):
-        assert torch.equal(target.label, torch.where(box.bool(), 4, 5))
+    assert (Targets.of(seen["logits"].probs(seen["logits"].weak), u["ignore"]).label == 0).all()
+    for view, box in enumerate((u["box1"], u["box2"])):
+        assert torch.equal(seen["targets"].strong(view).label, torch.where(box.bool(), 4, 5))
 
 
 def test_strong_view_losses_are_dropped_while_the_teacher_is_a_copy():
     module, batch = _dssn("method.selection=threshold", "method.conf_thresh=0")  # every pixel counts
     terms = {}
-    original = module.losses
-    module.losses = lambda *args: terms.update(original(*args)) or terms
+    original = module.unsupervised_loss
+
+    def recording(loss_x, logits, targets):
+        loss, logged = original(loss_x, logits, targets)
+        terms.update({name.removeprefix("loss_"): value for name, value in logged.items()}, x=loss_x)
+        return loss, logged
+
+    module.unsupervised_loss = recording
     module.train()
     w = module.cfg.method.loss_weights
     weak_part = lambda t: w.x * t["x"] + w.fp * (t["fp1"] + t["fp2"]) + w.mse * (t["mse_img"] + t["mse_feat"])

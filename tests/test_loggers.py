@@ -9,7 +9,7 @@ from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor
 from sslseg.checkpoint import RunCheckpoints
 from sslseg.console_log import _Tee
 from sslseg.errors import UserError
-from sslseg.loggers import AppendingCSVLogger, LossProgressBar, build_callbacks, build_loggers
+from sslseg.loggers import AppendingCSVLogger, LossProgressBar, ValidationMedia, build_callbacks, build_loggers
 from tests.conftest import compose_cfg
 
 
@@ -17,12 +17,12 @@ def test_callbacks_from_the_group_with_the_fits_checkpoint_folder(tmp_path):
     cfg = compose_cfg(["callbacks=[default,early_stopping]"])
     callbacks = build_callbacks(cfg, tmp_path / "checkpoints", cfg.trainer, with_logger=True)
     kinds = {type(c) for c in callbacks}
-    assert kinds == {RunCheckpoints, LearningRateMonitor, LossProgressBar, EarlyStopping}
+    assert kinds == {RunCheckpoints, LearningRateMonitor, LossProgressBar, ValidationMedia, EarlyStopping}
     (checkpoint,) = [c for c in callbacks if isinstance(c, RunCheckpoints)]
     assert checkpoint.dirpath == str(tmp_path / "checkpoints") and checkpoint.every_n_steps == 1000
 
 
-def test_lr_monitor_needs_a_logger_and_the_bar_needs_the_trainers_bar(tmp_path):
+def test_lr_monitor_and_media_need_a_logger_and_the_bar_needs_the_trainers_bar(tmp_path):
     cfg = compose_cfg(["trainer.enable_progress_bar=false"])
     callbacks = build_callbacks(cfg, tmp_path, cfg.trainer, with_logger=False)
     assert [type(c) for c in callbacks] == [RunCheckpoints]

@@ -109,11 +109,13 @@ def test_masks_are_the_recorded_teachers_whole_image_argmax(ckpt):
     np.testing.assert_array_equal(mask, expected.numpy())
 
 
+PCT_STAGE_2 = ["method=pct", "method._target_=sslseg.methods.pct.PCTRetrain", "method.evaluate=student"]
+
+
 @pytest.mark.parametrize("overrides", [["method=supervised"], ["method=fixmatch"], ["method=unimatch"],
-                                       ["method=dssn"], ["method=ddfp"], ["method=dars"],
-                                       ["method=pct", "method.phase=cross"], ["method=pct", "method.phase=retrain"]])
+                                       ["method=dssn"], ["method=ddfp"], ["method=dars"], ["method=pct"], PCT_STAGE_2])
 def test_every_methods_checkpoint_loads_and_predicts_with_its_selected_network(tmp_path, overrides):
-    """DARS's rounds and PCT's stages are checkpoints of these configs (PCT's phase set per stage)."""
+    """DARS's rounds and PCT's stages are checkpoints of these configs (PCT's stage 2 names its own class)."""
     cfg = compose_cfg(overrides)
     torch.manual_seed(0)
     module = method_class(cfg)(cfg)

@@ -21,7 +21,7 @@ def _recorder(monkeypatch):
                                            "rotate": cfg.data.geometric_aug.rotate}))
         return {"best_val_mIoU": 50.0 + len(calls), "final_val_mIoU": 40.0, "steps": 10 * len(calls)}
 
-    def fake_generate(cfg, cls, out_dir, weights, stage):
+    def fake_generate(cfg, out_dir, weights, stage):
         calls.append(("generate", out_dir.name, {"weights": weights, "ratio": stage.labeling_ratio}))
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / "stats.json").write_text(json.dumps({"summary": {"labeled_share": stage.labeling_ratio}}))
