@@ -17,6 +17,8 @@ method run as stages (`method.stages`, sslseg/stages.py):
   round2   continue, with a wider scale augmentation
 
 Differences from the released code:
+  * The class shares come from the labeled masks of the split; the release hard-codes per-dataset priors
+    (tool/gen_pseudo_label_utils.py), which do not fit other splits.
   * The target counts use the unlabeled set's real pixel count instead of a nominal image size (VOC
     500 × 375, Cityscapes 1024 × 2048) times the image count.
   * A class no pixel was labelled with (an empty bank) crashes the released threshold step; here it

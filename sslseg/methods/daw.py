@@ -16,7 +16,7 @@
 
 Differences from the released code:
   * It crashes as released (the labeled loader lacks `label_ignore_mask`); the labeled mask itself
-    serves (255 = ignore), as the fix in the spec says.
+    serves (255 = ignore): the evident intent of the released line.
   * σ⁺ = √(EMA variance), the final released code (d1d4644). The first upload halved σ⁺; the
     author removed that a day later and the paper describes plain Gaussian fits, so the halving is
     kept only as an option (method.sigma_pos_scale=0.5).
@@ -25,6 +25,7 @@ Differences from the released code:
     instead of dividing by 1e-10.
   * The statistics are module buffers, so they are checkpointed and resume exactly.
   * The partner batch holds other images (see unimatch.py).
+  * The teacher's integer BN counters follow the student instead of being averaged (teacher.py).
 """
 
 from __future__ import annotations

@@ -25,6 +25,8 @@ as released, epoch 0 also routes the second half of its labeled batch through th
 6. The teacher: EMA 0.999 (ramp min(1 − 1/(i+1), 0.999)) of parameters and BN buffers.
 
 Differences from the released code:
+  * The teacher does not run in epoch 0 (supervised only); the release runs it in train mode there, which moves
+    its BN statistics (they matter only with `method.teacher.schedule: shared`).
   * A real EMA teacher. The release (from U2PL) sets `t_param.data = s_param.data` in epoch 1, so teacher
     and student share storage and its "teacher" is the student, run in train mode: `method.teacher.schedule:
     shared` reproduces that (the teacher's parameters follow the student's every step, its BN buffers its

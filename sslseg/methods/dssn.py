@@ -18,6 +18,8 @@ machinery.
    (and through the warm-up). Student and teacher are both validated; the better one counts.
 
 Differences from the released code (and what sslseg does):
+  * Augmentations are drawn afresh every epoch; the release (torch 1.8) reseeds NumPy in each loader worker alike
+    every epoch, so its NumPy-driven draws repeat.
   * CutMix partners are other images. The release zips one loader with itself, so the "mix" batch is
     the same images under another crop, as in UniMatch.
   * Teacher BN mode: the release never sets the teacher's mode, so it runs in train mode (batch

@@ -5,6 +5,10 @@
 3. Pseudo-labels of the weak view, mixed inside the box with the partners'.
 4. loss = (L_x + L_s) / 2, L_s masked by a fixed confidence threshold τ (method.conf_thresh)
    and normalised by the non-padded pixels.
+
+Differences from the released code: the partner batch holds other images (the release zips the unlabeled loader
+with itself, so each image is mixed with another crop of itself, see unimatch.py); `method.mix_source=batch` rolls
+the current batch instead and drops the partner pass.
 """
 
 from __future__ import annotations

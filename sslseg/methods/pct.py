@@ -24,6 +24,7 @@ Stage 2 (`PCTRetrain`): a fresh network trained with plain cross-entropy on all 
 or pseudo-label), evaluated without tags.
 
 Differences from the released code:
+  * The stage-2 test has no DenseCRF by default (the release's adds one iteration): `dataset.eval.crf=true`.
   * The CCE is computed stably (sslseg.losses.class_aware_log_probs); the release's log(... + 1e-5) caps a
     pixel's loss near 11.5 and shifts it by up to ~0.1 at ordinary logit scales.
   * A present class whose running IoU is exactly 0 counts with IoU 0 (weight 0: P has never got it right),

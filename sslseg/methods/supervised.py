@@ -1,4 +1,9 @@
-"""Supervised baseline: labeled images only, same model, schedule and evaluation as the methods."""
+"""Supervised baseline: labeled images only, same model, schedule and evaluation as the methods.
+
+Difference from UniMatch's `supervised.py`: an epoch is the unlabeled list's length (the labeled list repeated,
+`data.epoch_length: unlabeled`) at the methods' labeled batch, so the baseline takes as many steps as the methods
+it is compared with; the release counts epochs over the labeled list.
+"""
 
 from __future__ import annotations
 
