@@ -5,8 +5,8 @@ algorithm box. Images arrive as uint8; `normalize` turns them into ImageNet-norm
 The module owns the networks (`model`, the student, and `teacher`, an averaged copy, when the method config has a
 `teacher` section), the supervised criterion, the optimizer with its poly schedule, and the count of training steps
 (the teacher's index). `NetworkValidation` (validation.py) scores the networks. Infrastructure lives in callbacks:
-checkpoints and random states (sslseg.checkpoint.RunCheckpoints), W&B media (sslseg.loggers.ValidationMedia), an
-offline method's hand-over between stages (sslseg.stages).
+checkpoints and random states (sslseg.checkpoint.RunCheckpoints, HandOver between an offline method's stages) and the
+logged prediction images (sslseg.loggers.ValidationMedia).
 """
 
 from __future__ import annotations
@@ -24,11 +24,6 @@ from sslseg.methods.teacher import Teacher
 from sslseg.methods.validation import NetworkValidation
 from sslseg.models import Segmentor, build_segmentor
 from sslseg.models.segmentor import method_network
-
-
-def class_names(dataset_cfg: DictConfig) -> list[str]:
-    names = dataset_cfg.get("class_names")
-    return list(names) if names else [f"class_{i}" for i in range(int(dataset_cfg.num_classes))]
 
 
 class SemiSegModule(NetworkValidation, pl.LightningModule):
@@ -49,7 +44,8 @@ class SemiSegModule(NetworkValidation, pl.LightningModule):
         self.save_hyperparameters({"cfg": OmegaConf.to_container(cfg, resolve=True)})
         self.cfg = OmegaConf.create(self.hparams["cfg"])
         self.num_classes = int(self.cfg.dataset.num_classes)
-        self.class_names = class_names(self.cfg.dataset)
+        names = self.cfg.dataset.get("class_names")
+        self.class_names = list(names) if names else [f"class_{i}" for i in range(self.num_classes)]
         self.model: Segmentor = build_segmentor(self.cfg.backbone, self.cfg.model, self.num_classes,
                                                 load_pretrained=load_pretrained)
         teacher_cfg = self.cfg.method.get("teacher")
@@ -59,8 +55,7 @@ class SemiSegModule(NetworkValidation, pl.LightningModule):
         self.criterion_l = build_criterion(self.cfg.get("criterion") or self.cfg.dataset.get("criterion"))
         self.register_buffer("pixel_mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1) * 255, persistent=False)
         self.register_buffer("pixel_std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1) * 255, persistent=False)
-        self.channels_last = False  # decided once the device is known (configure_model)
-        self._compiled = False
+        self.channels_last, self._compiled = False, False  # decided once the device is known (configure_model)
         self.init_validation()
 
     # -- the method's building blocks ----------------------------------------------------------------
@@ -108,11 +103,9 @@ class SemiSegModule(NetworkValidation, pl.LightningModule):
 
     def poly_factor(self):
         """The poly decay factor at training step i of this fit: (1 - (offset + i - lag)/(offset + total))^power.
-
-        lag (`method.poly_lag`, default 1): UniMatch, DAW and DSSN set the new lr after the optimizer step
-        of iteration i from i, so iterations 0 and 1 both use the base lr; semseg (DARS) sets it from i + 1
-        (lag 0). offset (`optim.schedule_offset_epochs` x steps per epoch): an offline method's later
-        round continues the schedule of the earlier ones (DARS's round 1 starts at base (1 - 0.5)^0.9)."""
+        lag (`method.poly_lag`, default 1): the lr set after step i from i, so steps 0 and 1 both use the base lr
+        (0: from i + 1). offset (`optim.schedule_offset_epochs` x steps per epoch): a later round of an offline
+        method continues the schedule of the earlier ones."""
         total = max(1, int(self.trainer.estimated_stepping_batches))
         offset_epochs = float(self.cfg.optim.get("schedule_offset_epochs", 0))
         offset = int(offset_epochs * self.trainer.num_training_batches) if offset_epochs else 0
@@ -146,15 +139,12 @@ class SemiSegModule(NetworkValidation, pl.LightningModule):
             schedule.step()
 
     # -- the step counter and the teacher ------------------------------------------------------------
-    def on_train_start(self) -> None:
-        self._set_teacher_epoch()  # Lightning skips on_train_epoch_start when it resumes mid-epoch
-
     def on_train_epoch_start(self) -> None:
-        self._set_teacher_epoch()
-
-    def _set_teacher_epoch(self) -> None:
         if self.teacher is not None:
             self.teacher.set_epoch(self.current_epoch)
+
+    def on_train_start(self) -> None:  # Lightning skips on_train_epoch_start when it resumes mid-epoch
+        SemiSegModule.on_train_epoch_start(self)
 
     def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
         self.step_completed()
@@ -193,9 +183,9 @@ class SemiSegModule(NetworkValidation, pl.LightningModule):
 
     @classmethod
     def load_from_checkpoint(cls, checkpoint_path, map_location=None, hparams_file=None, strict=None, **kwargs):
-        """Lightning's loader, on the class of the checkpoint's method (`SemiSegModule.load_from_checkpoint` of a DAW
-        checkpoint returns a DAW module) and without reading the pretrained backbone file (the checkpoint holds every
-        weight). For prediction, `sslseg.Segmenter` is simpler: it also applies the evaluation protocol."""
+        """Lightning's loader, on the class of the checkpoint's method (whichever class it is called on) and without
+        reading the pretrained backbone file (the checkpoint holds every weight). For prediction, `sslseg.Segmenter`
+        is simpler: it also applies the evaluation protocol."""
         from hydra.utils import get_class
 
         from sslseg.checkpoint import read_checkpoint
