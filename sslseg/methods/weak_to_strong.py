@@ -95,8 +95,12 @@ class WeakToStrong(SemiSegModule):
 
     def forward_weak(self, x: torch.Tensor, weak: torch.Tensor, perturb: int = 0):
         """One student pass on [labeled ‖ weak]: (pred_x, pred_w, the weak view's logits from each of
-        `perturb` feature-perturbed copies, decoded in the same decoder batch)."""
-        out = self.model(self.normalize(torch.cat([x, weak])), perturb=perturb)
+        `perturb` feature-perturbed copies (channel dropout at `method.feature_dropout`), decoded in the same
+        decoder batch)."""
+        from sslseg.models.perturbations import FeatureDropout
+
+        copies = [FeatureDropout(float(self.cfg.method.feature_dropout))] * perturb if perturb else []
+        out = self.model(self.normalize(torch.cat([x, weak])), perturbed_copies=copies)
         pred_x, pred_w = out.logits.split([x.shape[0], weak.shape[0]])
         return pred_x, pred_w, tuple(logits[x.shape[0]:] for logits in out.logits_fp)
 

@@ -60,7 +60,7 @@ class DeepLabV3Plus(nn.Module):
 
     def __init__(self, in_channels: tuple[int, ...], num_classes: int, aspp_dilations=(6, 12, 18),
                  aspp_channels: int | None = None, low_level_channels: int = 48, decoder_channels: int = 256,
-                 fp_dropout: float = 0.5, aspp_dropout: float = 0.0, low_level_kernel: int = 1):
+                 aspp_dropout: float = 0.0, low_level_kernel: int = 1):
         super().__init__()
         if not 0 <= aspp_dropout < 1:
             raise UserError(f"model.aspp_dropout must be in [0, 1), got {aspp_dropout}")
@@ -74,7 +74,6 @@ class DeepLabV3Plus(nn.Module):
         self.fuse = nn.Sequential(conv_bn_relu(self.fused_channels, decoder_channels, 3),
                                   conv_bn_relu(decoder_channels, decoder_channels, 3))
         self.classifier = nn.Conv2d(decoder_channels, num_classes, 1)
-        self.fp_dropout = fp_dropout  # UniMatch's feature perturbation: Dropout2d, active in eval mode too
 
     def fused_features(self, c1: torch.Tensor, c4: torch.Tensor) -> torch.Tensor:
         """cat(reduce(c1), upsampled ASPP(c4)) at stride 4: the 304-d feature of the references."""
@@ -89,8 +88,3 @@ class DeepLabV3Plus(nn.Module):
 
     def forward(self, c1: torch.Tensor, c4: torch.Tensor) -> DecoderOutput:
         return DecoderOutput(*self.classify(self.fused_features(c1, c4)))
-
-    def perturb(self, c1: torch.Tensor, c4: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Channel dropout on both inputs: UniMatch's feature-perturbation stream."""
-        p = self.fp_dropout
-        return F.dropout2d(c1, p, training=True), F.dropout2d(c4, p, training=True)
