@@ -31,6 +31,7 @@ from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
+from sslseg.models.backbones import build_backbone_from_config
 from sslseg.models.perturbations import FeaturePerturbation
 from sslseg.models.pretrained import load_backbone_weights
 
@@ -127,10 +128,9 @@ def method_network(backbone_cfg: DictConfig, model_cfg: DictConfig, network: Dic
 
 def build_segmentor(backbone_cfg: DictConfig, model_cfg: DictConfig, num_classes: int,
                     load_pretrained: bool = True) -> Segmentor:
-    backbone_kwargs = OmegaConf.to_container(backbone_cfg, resolve=True)
-    for key in ("name", "_target_", "pretrained"):
-        backbone_kwargs.pop(key, None)
-    backbone = get_class(backbone_cfg._target_)(**backbone_kwargs)
+    """The backbone that `backbone_cfg` names in the registry (sslseg/models/backbones.py), its weights loaded
+    (`pretrained`) unless `load_pretrained` is False, and the decoder class `model_cfg._target_` on top."""
+    backbone = build_backbone_from_config(backbone_cfg)
     if load_pretrained and backbone_cfg.get("pretrained"):
         load_backbone_weights(backbone, backbone_cfg.pretrained)
 
