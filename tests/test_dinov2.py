@@ -183,7 +183,7 @@ def _release_head_key(key: str) -> str:
 
 
 def _tiny_network(ffn: str):
-    b = OmegaConf.create(dict(_target_="sslseg.models.dinov2.DINOv2ViT", embed_dim=TINY["embed_dim"],
+    b = OmegaConf.create(dict(name="vit_tiny", embed_dim=TINY["embed_dim"],  # the registered ViT, resized
                               depth=TINY["depth"], num_heads=TINY["num_heads"], ffn=ffn, patch_size=14, img_size=518,
                               layers=list(TINY["layers"]), pretrained=None))
     m = OmegaConf.create(dict(_target_="sslseg.models.dpt.DPT", features=TINY["features"],

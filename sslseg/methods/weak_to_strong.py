@@ -99,7 +99,9 @@ class WeakToStrong(SemiSegModule):
         decoder batch)."""
         from sslseg.models.perturbations import FeatureDropout
 
-        copies = [FeatureDropout(float(self.cfg.method.feature_dropout))] * perturb if perturb else []
+        copies = []
+        if perturb:  # FixMatch asks for none and has no method.feature_dropout
+            copies = [FeatureDropout(float(self.cfg.method.feature_dropout))] * perturb
         out = self.model(self.normalize(torch.cat([x, weak])), perturbed_copies=copies)
         pred_x, pred_w = out.logits.split([x.shape[0], weak.shape[0]])
         return pred_x, pred_w, tuple(logits[x.shape[0]:] for logits in out.logits_fp)
