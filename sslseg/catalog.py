@@ -2,13 +2,16 @@
 
 Read from conf/ itself (the groups' files and their header comments), so that a new method, recipe, dataset,
 backbone or decoder file shows up without touching this module; the lines below only add the sources (paper,
-release, official download page) of the ones sslseg ships. Light imports only: no torch.
+release, official download page) of the ones sslseg ships. A backbone's line is its registry entry's (the backbone
+its config names: sslseg/models/backbones.py, which imports no torch). Light imports only: no torch.
 """
 
 from __future__ import annotations
 
 import re
 from pathlib import Path
+
+from sslseg.models.backbones import BACKBONES
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 
@@ -33,17 +36,6 @@ DATASET_SOURCES = {
     "coco": "COCO 2017, 81 classes (UniMatch's masks): cocodataset.org",
     "toy": "procedural shapes, 6 classes, generated into data/toy on first use (sslseg/data/toy.py)",
     "custom": "your folder: images/, masks/, classes.txt (python -m sslseg.data.make_splits custom <folder>)",
-}
-
-BACKBONE_SOURCES = {
-    "resnet101": "deep-stem ResNet-101, pretrained/resnet101.pth from UniMatch's release (Google Drive link in "
-                 "docs/data.md); or torchvision's by name (docs/data.md)",
-    "resnet50": "deep-stem ResNet-50, pretrained/resnet50.pth from UniMatch's release",
-    "resnet50_psp": "semseg's ResNet-50 for DARS's PSPNet, pretrained/resnet50_v2.pth from github.com/hszhao/semseg",
-    "resnet101_deeplabv2": "torchvision-stem ResNet-101 for DARS's DeepLabV2, pretrained/resnet101-5d3b4d8f.pth "
-                           "(download.pytorch.org)",
-    "xception65": "Xception-65 for the COCO recipes, pretrained/xception.pth from UniMatch's release",
-    "tiny": "a small deep-stem ResNet for the toy set and CPU runs, no pretrained weights",
 }
 
 # The papers' decoders, by config file.
@@ -72,6 +64,13 @@ def header(path: Path) -> str:
     return (match.group(1) if match else text).rstrip(":.")
 
 
+def backbone_line(path: Path) -> str:
+    """The registry's line for the backbone a config file names (`name:`), else the file's header."""
+    named = re.search(r"^name:\s*([\w.-]+)", path.read_text(), re.MULTILINE)
+    entry = BACKBONES.get(named.group(1)) if named else None
+    return entry.describe() if entry else header(path)
+
+
 def group(name: str, conf_dir: Path = CONF_DIR) -> list[str]:
     folder = conf_dir / name
     return sorted(p.stem for p in folder.glob("*.yaml")) if folder.is_dir() else []
@@ -98,7 +97,8 @@ def sections(conf_dir: Path = CONF_DIR) -> list[tuple[str, list[tuple[str, str]]
         ("methods (method=<name>)", described("method", METHOD_SOURCES)),
         ("recipes: the published runs (docs/recipes.md)", recipe_rows),
         ("datasets (dataset=<name>)", described("dataset", DATASET_SOURCES)),
-        ("backbones (backbone=<name>)", described("backbone", BACKBONE_SOURCES)),
+        ("backbones (backbone=<name>)", [(stem, backbone_line(conf_dir / "backbone" / f"{stem}.yaml"))
+                                         for stem in group("backbone", conf_dir)]),
         ("models: decoders (model=<name>)", described("model", MODEL_SOURCES)),
     ]
 

@@ -83,6 +83,7 @@ TYPED_OPTIONS = (
     ("method.conf_thresh", _threshold, "a confidence in [0, 1), or null: at 1 or above no pixel passes"),
     ("method.loss_weights.*", _non_negative, "a number ≥ 0"),
     ("method.poly_lag", _int_at_least(0), "an integer ≥ 0"),
+    ("method.feature_dropout", _number_in(0, 1), "a dropout rate in [0, 1]"),  # UniMatch, DAW, DSSN
     ("method.teacher.decay", _number_in(0, 1), "a number in [0, 1]"),
     ("method.teacher.copy_epochs", _int_at_least(0), "an integer ≥ 0"),
     ("method.stats_momentum", _number_in(0, 1, high_open=True), "a number in [0, 1)"),  # DAW

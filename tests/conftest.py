@@ -74,9 +74,11 @@ def kill_train_when(path: Path, *args: str, timeout: int = 600, sig: int | None 
 
 
 def read_key_list(path: Path) -> dict[str, tuple[int, ...]]:
-    """A key-list file (`<state-dict key> (<shape>)` per line) as {key: shape}."""
+    """A key-list file (`<state-dict key> (<shape>)` per line, `#` lines are comments) as {key: shape}."""
     keys = {}
     for line in path.read_text().splitlines():
+        if not line.strip() or line.startswith("#"):
+            continue
         name, shape = line.split(" ", 1)
         keys[name] = tuple(int(s) for s in shape.strip("()").split(",") if s.strip())
     return keys

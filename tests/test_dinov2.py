@@ -25,7 +25,7 @@ pytest.importorskip("timm")  # the `dinov2` extra (in `dev`)
 from sslseg.errors import UserError  # noqa: E402
 from sslseg.models import build_segmentor  # noqa: E402
 from sslseg.models.dinov2 import DINOv2ViT, swiglu_hidden  # noqa: E402
-from sslseg.models.perturbations import ComplementaryChannelDropout  # noqa: E402
+from sslseg.models.perturbations import ComplementaryChannelDropout, FeatureDropout  # noqa: E402
 from sslseg.models.pretrained import _file_key, load_state  # noqa: E402
 from tests.conftest import read_key_list  # noqa: E402
 
@@ -183,7 +183,7 @@ def _release_head_key(key: str) -> str:
 
 
 def _tiny_network(ffn: str):
-    b = OmegaConf.create(dict(_target_="sslseg.models.dinov2.DINOv2ViT", embed_dim=TINY["embed_dim"],
+    b = OmegaConf.create(dict(name="vit_tiny", embed_dim=TINY["embed_dim"],  # the registered ViT, resized
                               depth=TINY["depth"], num_heads=TINY["num_heads"], ffn=ffn, patch_size=14, img_size=518,
                               layers=list(TINY["layers"]), pretrained=None))
     m = OmegaConf.create(dict(_target_="sslseg.models.dpt.DPT", features=TINY["features"],
@@ -282,10 +282,10 @@ def test_vit_tiny_dpt_segmentor_and_feature_perturbation():
     x = torch.randn(2, 3, 64, 96)
     out = net(x)
     assert out.logits.shape == (2, 6, 64, 96) and out.features.shape[1] == 32
-    fp = net(x, perturb=1)
+    fp = net(x, perturbed_copies=[FeatureDropout(0.5)])
     torch.testing.assert_close(fp.logits, out.logits)  # no BN: the clean part is unchanged
     assert len(fp.logits_fp) == 1 and not torch.allclose(fp.logits_fp[0], out.logits)
-    comp = net(torch.cat([x, x]), perturbation=ComplementaryChannelDropout())
+    comp = net(torch.cat([x, x]), batch_perturbation=ComplementaryChannelDropout())
     assert comp.logits.shape == (4, 6, 64, 96) and not torch.allclose(comp.logits[:2], comp.logits[2:])
     with pytest.raises(UserError, match="multiples of its patch size 8, got 60x96"):
         net(torch.randn(1, 3, 60, 96))
@@ -377,8 +377,8 @@ def test_timm_dinov2_models_have_our_keys_but_the_mask_token(size):
 @pytest.mark.parametrize("method", ["daw", "unimatch"])
 def test_methods_train_the_vit_dpt_pair_with_their_feature_perturbation(method):
     """`method=daw backbone=vit_tiny model=dpt_tiny`: one training step, UniMatch's FP stream on the four ViT
-    features (Segmentor.forward(perturb=1)); every trainable parameter gets a gradient (DDP without
-    find_unused_parameters)."""
+    features (a FeatureDropout copy, `method.feature_dropout`); every trainable parameter gets a gradient (DDP
+    without find_unused_parameters)."""
     from sslseg.bench import synthetic_batch
     from sslseg.methods import method_class
     from tests.conftest import compose_cfg

@@ -54,6 +54,21 @@ def test_forward_passes_per_step(method, overrides, passes):
     assert all(g is not None for g in grads), "every parameter takes part (DDP without find_unused_parameters)"
 
 
+@pytest.mark.parametrize("method,copies", [("unimatch", 1), ("daw", 1), ("dssn", 2)])
+def test_the_method_owns_the_feature_dropout_rate(method, copies):
+    """`method.feature_dropout` is the rate of the perturbed copies' channel dropout: at 0 each copy decodes the
+    clean features (eval mode, so that BN does not see the duplicated batch), at 0.5 it does not."""
+    module, batch = _module(method, "method.feature_dropout=0.0")
+    module.eval()
+    x, weak = batch["labeled"]["image"], batch["unlabeled"]["weak"]
+    with torch.no_grad():
+        _, pred_w, fps = module.forward_weak(x, weak, perturb=copies)
+        assert len(fps) == copies and all(torch.allclose(fp, pred_w, atol=1e-5) for fp in fps)
+        module.cfg.method.feature_dropout = 0.5
+        _, pred_w, fps = module.forward_weak(x, weak, perturb=copies)
+        assert not any(torch.allclose(fp, pred_w, atol=1e-3) for fp in fps)
+
+
 def test_partner_pass_runs_in_eval_mode_and_restores_train_mode():
     module, batch = _module("unimatch")
     modes = []

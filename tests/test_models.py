@@ -5,21 +5,28 @@ from omegaconf import OmegaConf
 
 from sslseg.errors import UserError
 from sslseg.models import build_segmentor
+from sslseg.models.perturbations import FeatureDropout
 from sslseg.models.resnet import DeepStemResNet
 from tests.conftest import ROOT, SHARED, read_key_list
 
 CONF = ROOT / "conf"
 
 
+def _model_cfg(name: str):
+    """conf/model/<name>.yaml over the config its defaults list names (the *_tiny ones)."""
+    m = OmegaConf.load(CONF / "model" / f"{name}.yaml")
+    if "defaults" not in m:
+        return m
+    base = _model_cfg(m.defaults[0])
+    m.pop("defaults")
+    return OmegaConf.merge(base, m)
+
+
 def _cfgs(backbone: str, model: str = "deeplabv3plus", **backbone_overrides):
     b = OmegaConf.load(CONF / "backbone" / f"{backbone}.yaml")
     b.pretrained = None
     b.merge_with(backbone_overrides)
-    m = OmegaConf.load(CONF / "model" / "deeplabv3plus.yaml")
-    if model == "deeplabv3plus_tiny":
-        m.merge_with(OmegaConf.load(CONF / "model" / "deeplabv3plus_tiny.yaml"))
-        m.pop("defaults")
-    return b, m
+    return b, _model_cfg(model)
 
 
 @pytest.mark.parametrize("depth,layers", [(50, [3, 4, 6, 3]), (101, [3, 4, 23, 3])])
@@ -53,7 +60,7 @@ def test_segmentor_outputs_and_feature_perturbation():
     x = torch.randn(2, 3, 48, 48)
     out = net(x)
     assert out.logits.shape == (2, 6, 48, 48) and out.features.shape == (2, 64, 12, 12) and out.logits_fp == ()
-    fp = net(x, perturb=1)
+    fp = net(x, perturbed_copies=[FeatureDropout(0.5)])
     torch.testing.assert_close(fp.logits, out.logits)  # eval-mode BN: the clean part is unchanged
     assert len(fp.logits_fp) == 1 and fp.logits_fp[0].shape == out.logits.shape
     assert not torch.allclose(fp.logits_fp[0], fp.logits)  # dropout stays active in eval mode
@@ -66,11 +73,83 @@ def test_each_perturbed_copy_has_its_own_dropout_masks():
     x = torch.randn(2, 3, 48, 48)
     calls = []
     net.decoder.register_forward_hook(lambda mod, args, out: calls.append(args[0].shape[0]))
-    out = net(x, perturb=2)
+    out = net(x, perturbed_copies=[FeatureDropout(0.5)] * 2)
     assert calls == [6]  # clean + 2 perturbed copies of the batch of 2, in one decoder call
     torch.testing.assert_close(out.logits, net(x).logits)
     fp1, fp2 = out.logits_fp
     assert fp1.shape == fp2.shape == out.logits.shape and not torch.allclose(fp1, fp2)
+
+
+@pytest.mark.parametrize("model", ["deeplabv3plus_tiny", "pspnet_tiny", "u2pl_deeplabv3plus_tiny"])
+def test_decode_of_encode_is_the_forward_pass(model):
+    """The public halves compose to forward, bit for bit, in training mode too (PSPNet's aux logits included; the same
+    seed before each call for the decoders' own dropout)."""
+    net = build_segmentor(*_cfgs("tiny", model), num_classes=6).train()
+    x = torch.randn(2, 3, 48, 40)
+    torch.manual_seed(1)
+    whole = net(x)
+    torch.manual_seed(1)
+    halves = net.decode(net.encode(x), x.shape[-2:])
+    assert halves.logits.shape == (2, 6, 48, 40) and halves.logits_fp == ()
+    for got, expected in zip(halves, whole):
+        if isinstance(got, torch.Tensor):
+            assert torch.equal(got, expected)
+    assert (whole.aux is None) == (model != "pspnet_tiny")
+
+
+def test_perturbed_copies_are_one_decoder_batch_drawn_feature_by_feature_copy_by_copy():
+    """[clean | copy 1 | copy 2] in one decode; copy k's masks drawn after copy k-1's, c1's before c4's within one."""
+    b, m = _cfgs("tiny", "deeplabv3plus_tiny")
+    net = build_segmentor(b, m, num_classes=6).eval()
+    x = torch.randn(2, 3, 32, 32)
+    torch.manual_seed(3)
+    out = net(x, perturbed_copies=[FeatureDropout(0.5), FeatureDropout(0.25)])
+    torch.manual_seed(3)
+    c1, c4 = net.encode(x)
+    copies = [[torch.nn.functional.dropout2d(f, p, training=True) for f in (c1, c4)] for p in (0.5, 0.25)]
+    batch = [torch.cat([f, copies[0][k], copies[1][k]]) for k, f in enumerate((c1, c4))]
+    expected = net.decode(batch, x.shape[-2:])
+    clean, fp1, fp2 = expected.logits.chunk(3)
+    assert torch.equal(out.logits, clean) and torch.equal(out.features, expected.features[:2])
+    assert torch.equal(out.logits_fp[0], fp1) and torch.equal(out.logits_fp[1], fp2)
+
+
+def test_the_batch_perturbation_acts_before_the_copies_are_made():
+    b, m = _cfgs("tiny", "deeplabv3plus_tiny")
+    net = build_segmentor(b, m, num_classes=6).eval()
+    x = torch.randn(2, 3, 32, 32)
+    seen = []
+    halve = lambda features: [f / 2 for f in features]
+    record = lambda features: seen.append([f.clone() for f in features]) or list(features)
+    out = net(x, perturbed_copies=[record], batch_perturbation=halve)
+    assert all(torch.equal(s, f / 2) for s, f in zip(seen[0], net.encode(x)))
+    assert torch.equal(out.logits, net.decode(halve(net.encode(x)), x.shape[-2:]).logits)
+    torch.testing.assert_close(out.logits_fp[0], out.logits)
+
+
+def test_a_model_config_saved_with_the_retired_fp_dropout_still_builds():
+    """Checkpoints written before the rate moved to `method.feature_dropout` hold `model.fp_dropout`."""
+    b, m = _cfgs("tiny", "deeplabv3plus_tiny")
+    m.fp_dropout = 0.5
+    assert build_segmentor(b, m, num_classes=6).eval()(torch.randn(1, 3, 32, 32)).logits.shape == (1, 6, 32, 32)
+
+
+@pytest.mark.parametrize("p", [0.25, 0.5])
+def test_feature_dropout_keeps_a_channel_whole_or_zeroes_it(p):
+    torch.manual_seed(0)
+    features = [torch.rand(8, 32, 5, 7) + 1, torch.rand(8, 16, 3, 3) + 1]
+    dropout = FeatureDropout(p).eval()  # eval mode: still active
+    out = dropout(features)
+    assert len(out) == 2
+    for f, o in zip(features, out):
+        zeroed = (o == 0).flatten(2).all(-1)
+        kept = torch.isclose(o, f / (1 - p)).flatten(2).all(-1)
+        assert torch.all(zeroed ^ kept)  # per (sample, channel): all zero, or all the input scaled by 1/(1-p)
+        assert 0 < zeroed.float().mean() < 1
+    assert not torch.equal((out[0] == 0).flatten(2).all(-1)[:, :16], (out[1] == 0).flatten(2).all(-1))  # own masks
+    assert all(torch.equal(o, f) for o, f in zip(FeatureDropout(0.0)(features), features))
+    with pytest.raises(ValueError, match="feature dropout rate must be in"):
+        FeatureDropout(1.5)
 
 
 def test_decoder_parts_compose_to_the_forward_pass():

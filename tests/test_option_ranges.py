@@ -20,6 +20,7 @@ from tests.conftest import ROOT, compose_cfg
     (["method=unimatch", "method.conf_thresh=1.0"],
      "method.conf_thresh=1.0: expected a confidence in [0, 1), or null: at 1 or above no pixel passes"),
     (["method=unimatch", "method.loss_weights.s1=-0.25"], "method.loss_weights.s1=-0.25: expected a number ≥ 0"),
+    (["method=dssn", "method.feature_dropout=1.5"], "method.feature_dropout=1.5: expected a dropout rate in [0, 1]"),
     (["method=daw", "method.teacher.decay=1.2"], "method.teacher.decay=1.2: expected a number in [0, 1]"),
     (["method=pct", "method.stages.stage1.epochs=0"], "method.stages.stage1.epochs=0: expected a positive integer"),
     (["trainer.max_steps=0"], "trainer.max_steps=0: expected an integer ≥ 1, or -1 for no limit"),

@@ -156,15 +156,13 @@ def check_weights(folder: Path, backbones: list[str], report: Report) -> None:
 
 def weights_problem(backbone: str, path: Path) -> str | None:
     """The strict key check of a run (sslseg.models.pretrained), on the backbone built from its config."""
-    from hydra.utils import get_class
     from omegaconf import OmegaConf
 
     from sslseg.errors import UserError
+    from sslseg.models.backbones import build_backbone_from_config
     from sslseg.models.pretrained import load_backbone_weights
 
-    cfg = OmegaConf.load(REPO / "conf" / "backbone" / f"{backbone}.yaml")
-    kwargs = {k: v for k, v in OmegaConf.to_container(cfg).items() if k not in ("name", "_target_", "pretrained")}
-    module = get_class(cfg._target_)(**kwargs)
+    module = build_backbone_from_config(OmegaConf.load(REPO / "conf" / "backbone" / f"{backbone}.yaml"))
     try:
         load_backbone_weights(module, path)
     except UserError as exc:

@@ -26,6 +26,7 @@ from sslseg.errors import UserError
 from sslseg.methods.base import SemiSegModule
 from sslseg.methods.components import confidence, cutmix
 from sslseg.methods.selection import above_threshold
+from sslseg.models.perturbations import FeatureDropout
 
 MIX_SOURCES = ("loader", "batch")
 LABELLERS = ("student", "teacher")
@@ -182,10 +183,12 @@ class WeakToStrong(SemiSegModule):
         return Partners(mix["strong1"], mix["strong2"], mix["ignore"], self.label(mix["weak"]))
 
     def student_logits(self, x: torch.Tensor, weak: torch.Tensor, strong: tuple[torch.Tensor, ...]) -> StudentLogits:
-        """One student pass on [labeled ‖ weak], whose decoder also reads `feature_perturbations` perturbed copies of
-        the features (in the same decoder batch), and one on the strong views (their own BN batch, as the
-        references)."""
-        out = self.model(self.normalize(torch.cat([x, weak])), perturb=self.feature_perturbations)
+        """One student pass on [labeled ‖ weak], whose decoder also reads `feature_perturbations` copies of the
+        features under channel dropout (`method.feature_dropout`), in the same decoder batch; one pass on the strong
+        views (their own BN batch, as the references)."""
+        n = self.feature_perturbations
+        copies = [FeatureDropout(float(self.cfg.method.feature_dropout))] * n if n else []
+        out = self.model(self.normalize(torch.cat([x, weak])), perturbed_copies=copies)
         pred_x, pred_w = out.logits.split([x.shape[0], weak.shape[0]])
         perturbed = tuple(logits[x.shape[0]:] for logits in out.logits_fp)
         pred_strong = self.model(self.normalize(torch.cat(strong))).logits.chunk(len(strong))

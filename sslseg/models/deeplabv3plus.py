@@ -26,19 +26,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from sslseg.errors import UserError
+from sslseg.models.blocks import conv_bn_relu
 from sslseg.models.segmentor import DecoderOutput
-
-
-def _conv_bn_relu(cin: int, cout: int, kernel: int = 1, dilation: int = 1) -> nn.Sequential:
-    padding = dilation * (kernel // 2)  # "same" size for an odd kernel
-    return nn.Sequential(nn.Conv2d(cin, cout, kernel, padding=padding, dilation=dilation, bias=False),
-                         nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
 
 
 class ASPPPooling(nn.Module):
     def __init__(self, cin: int, cout: int):
         super().__init__()
-        self.conv = _conv_bn_relu(cin, cout)
+        self.conv = conv_bn_relu(cin, cout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         pooled = self.conv(F.adaptive_avg_pool2d(x, 1))
@@ -49,10 +44,10 @@ class ASPP(nn.Module):
     def __init__(self, cin: int, cout: int, dilations=(6, 12, 18), dropout: float = 0.0):
         super().__init__()
         self.branches = nn.ModuleList(
-            [_conv_bn_relu(cin, cout)] + [_conv_bn_relu(cin, cout, 3, d) for d in dilations]
+            [conv_bn_relu(cin, cout)] + [conv_bn_relu(cin, cout, 3, d) for d in dilations]
             + [ASPPPooling(cin, cout)]
         )
-        self.project = _conv_bn_relu(cout * (len(dilations) + 2), cout)
+        self.project = conv_bn_relu(cout * (len(dilations) + 2), cout)
         if dropout:
             self.project.append(nn.Dropout(dropout))
 
@@ -65,7 +60,7 @@ class DeepLabV3Plus(nn.Module):
 
     def __init__(self, in_channels: tuple[int, ...], num_classes: int, aspp_dilations=(6, 12, 18),
                  aspp_channels: int | None = None, low_level_channels: int = 48, decoder_channels: int = 256,
-                 fp_dropout: float = 0.5, aspp_dropout: float = 0.0, low_level_kernel: int = 1):
+                 aspp_dropout: float = 0.0, low_level_kernel: int = 1):
         super().__init__()
         if not 0 <= aspp_dropout < 1:
             raise UserError(f"model.aspp_dropout must be in [0, 1), got {aspp_dropout}")
@@ -74,12 +69,11 @@ class DeepLabV3Plus(nn.Module):
         c1_channels, c4_channels = in_channels[0], in_channels[-1]
         aspp_channels = aspp_channels or c4_channels // 8
         self.aspp = ASPP(c4_channels, aspp_channels, tuple(aspp_dilations), aspp_dropout)
-        self.reduce = _conv_bn_relu(c1_channels, low_level_channels, low_level_kernel)
+        self.reduce = conv_bn_relu(c1_channels, low_level_channels, low_level_kernel)
         self.fused_channels = low_level_channels + aspp_channels
-        self.fuse = nn.Sequential(_conv_bn_relu(self.fused_channels, decoder_channels, 3),
-                                  _conv_bn_relu(decoder_channels, decoder_channels, 3))
+        self.fuse = nn.Sequential(conv_bn_relu(self.fused_channels, decoder_channels, 3),
+                                  conv_bn_relu(decoder_channels, decoder_channels, 3))
         self.classifier = nn.Conv2d(decoder_channels, num_classes, 1)
-        self.fp_dropout = fp_dropout  # UniMatch's feature perturbation: Dropout2d, active in eval mode too
 
     def fused_features(self, c1: torch.Tensor, c4: torch.Tensor) -> torch.Tensor:
         """cat(reduce(c1), upsampled ASPP(c4)) at stride 4: the 304-d feature of the references."""
@@ -94,8 +88,3 @@ class DeepLabV3Plus(nn.Module):
 
     def forward(self, c1: torch.Tensor, c4: torch.Tensor) -> DecoderOutput:
         return DecoderOutput(*self.classify(self.fused_features(c1, c4)))
-
-    def perturb(self, c1: torch.Tensor, c4: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Channel dropout on both inputs: UniMatch's feature-perturbation stream."""
-        p = self.fp_dropout
-        return F.dropout2d(c1, p, training=True), F.dropout2d(c4, p, training=True)

@@ -79,7 +79,7 @@ class DPT(nn.Module):
     in_features = (0, 1, 2, 3)  # the four intermediate ViT features
 
     def __init__(self, in_channels: tuple[int, ...], num_classes: int, features: int | None = None,
-                 projections: tuple[int, ...] | None = None, fp_dropout: float = 0.5):
+                 projections: tuple[int, ...] | None = None):
         super().__init__()
         width = in_channels[0]
         if features is None or projections is None:
@@ -106,7 +106,6 @@ class DPT(nn.Module):
         self.fusion = nn.ModuleList(FusionBlock(features, has_skip=k < 3) for k in range(4))
         self.head = nn.Sequential(nn.Conv2d(features, features, 3, padding=1), nn.ReLU(inplace=True))
         self.classifier = nn.Conv2d(features, num_classes, 1)
-        self.fp_dropout = fp_dropout
 
     def forward(self, *feats: torch.Tensor) -> DecoderOutput:
         levels = [reduce(resample(project(f)))
@@ -117,8 +116,3 @@ class DPT(nn.Module):
         path = self.fusion[0](path, levels[0])  # 2x: stride 1.75
         features = self.head(path)
         return DecoderOutput(self.classifier(features), features)
-
-    def perturb(self, *feats: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """UniMatch's feature perturbation on the encoder features the head reads: channel dropout (Dropout2d,
-        `fp_dropout`) on each of the four, active in eval mode too."""
-        return tuple(F.dropout2d(f, self.fp_dropout, training=True) for f in feats)

@@ -1,4 +1,12 @@
-"""Feature perturbations a method passes to the segmentor as modules (`Segmentor.forward(x, perturbation=...)`).
+"""Feature perturbations: modules a method passes to the segmentor (`Segmentor.forward`, see segmentor.py).
+
+A feature perturbation takes the list of features the decoder reads (`Segmentor.encode`) and returns a list of the
+same shapes. The method decides where it acts: as one of `perturbed_copies` (an extra copy of the features, decoded
+beside the clean ones) or as the `batch_perturbation` (the batch's own features, no copy).
+
+FeatureDropout is UniMatch's feature-perturbation stream (Yang et al., "UniMatch", CVPR 2023; DAW and DSSN keep it):
+channel dropout (`nn.Dropout2d` semantics) on every feature the decoder reads, each its own masks, active in eval mode
+too (the stream is a training signal, not a regulariser that eval mode would switch off).
 
 ComplementaryChannelDropout is UniMatch V2's "complementary dropout" (Yang et al., "UniMatch V2", 2024, Sec. 3.3;
 the release's `DPT.forward(comp_drop=True)` in `model/semseg/dpt.py`): the two strong views go through the student
@@ -13,10 +21,32 @@ complementary channel masks, so that each view keeps the channels the other lose
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import nn
+
+# What a perturbation is to the segmentor: the decoder's input features in, as many of the same shapes out.
+FeaturePerturbation = Callable[[Sequence[torch.Tensor]], Sequence[torch.Tensor]]
+
+
+class FeatureDropout(nn.Module):
+    """Channel dropout at rate `p` on each feature it is given, in list order (each draws its own (B, C) mask):
+    a channel is kept whole and scaled by 1 / (1 - p), or zeroed. Active in eval mode too."""
+
+    def __init__(self, p: float):
+        super().__init__()
+        if not 0 <= p <= 1:
+            raise ValueError(f"feature dropout rate must be in [0, 1], got {p}")
+        self.p = p
+
+    def forward(self, features: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        # training=True: the module's own train/eval mode does not switch the perturbation off.
+        return [F.dropout2d(f, self.p, training=True) for f in features]
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}"
 
 
 class ComplementaryChannelDropout(nn.Module):

@@ -5,7 +5,8 @@ random init. Here every key must match: the classifier `fc.*` is the only thing 
 missing, unexpected or of the wrong shape is an error that names the keys.
 
 A backbone's `weights_format` says how the file names the keys; the file's names are mapped onto the
-module's before the check, and an error names the keys as the file does. Formats:
+module's before the check, and an error names the keys as the file does (the backbone registry, backbones.py,
+records each registered backbone's file and its format). Formats:
 
 - `native`: the module's own names (the seed methods' resnet{50,101}.pth for the deep stem,
   torchvision's resnet*.pth for `stem=torchvision`).

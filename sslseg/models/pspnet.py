@@ -28,12 +28,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from sslseg.models.blocks import conv_bn_relu
 from sslseg.models.segmentor import DecoderOutput
-
-
-def _conv_bn_relu(cin: int, cout: int, kernel: int) -> nn.Sequential:
-    return nn.Sequential(nn.Conv2d(cin, cout, kernel, padding=kernel // 2, bias=False), nn.BatchNorm2d(cout),
-                         nn.ReLU(inplace=True))
 
 
 class PyramidPooling(nn.Module):
@@ -41,7 +37,7 @@ class PyramidPooling(nn.Module):
 
     def __init__(self, in_channels: int, channels: int, bins=(1, 2, 3, 6)):
         super().__init__()
-        self.stages = nn.ModuleList(nn.Sequential(nn.AdaptiveAvgPool2d(b), _conv_bn_relu(in_channels, channels, 1))
+        self.stages = nn.ModuleList(nn.Sequential(nn.AdaptiveAvgPool2d(b), conv_bn_relu(in_channels, channels, 1))
                                     for b in bins)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -63,9 +59,9 @@ class PSPNet(nn.Module):
         head_channels = head_channels or c4_channels // 4
         aux_channels = aux_channels or c3_channels // 4
         self.ppm = PyramidPooling(c4_channels, ppm_channels, bins)
-        self.bottleneck = _conv_bn_relu(c4_channels + len(bins) * ppm_channels, head_channels, 3)
+        self.bottleneck = conv_bn_relu(c4_channels + len(bins) * ppm_channels, head_channels, 3)
         self.classifier = nn.Sequential(nn.Dropout2d(dropout), nn.Conv2d(head_channels, num_classes, 1))
-        self.aux_head = nn.Sequential(_conv_bn_relu(c3_channels, aux_channels, 3), nn.Dropout2d(dropout),
+        self.aux_head = nn.Sequential(conv_bn_relu(c3_channels, aux_channels, 3), nn.Dropout2d(dropout),
                                       nn.Conv2d(aux_channels, num_classes, 1))
         # The loss weight is read by the method from `model.aux_weight`; it is a constructor argument only
         # because the segmentor builder passes every model-config key here.

@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from sslseg.models.blocks import conv_bn_relu
 from sslseg.models.segmentor import DecoderOutput
 
 BN_MODES = ("clean", "adv", "warm_up", "mix")
@@ -66,20 +67,14 @@ class MixBatchNorm2d(nn.Module):
         return f"mode={self.mode!r}"
 
 
-def _conv_bn_relu(cin: int, cout: int, kernel: int = 1, dilation: int = 1) -> list[nn.Module]:
-    padding = dilation if kernel == 3 else 0
-    return [nn.Conv2d(cin, cout, kernel, padding=padding, dilation=dilation, bias=False), nn.BatchNorm2d(cout),
-            nn.ReLU(inplace=True)]
-
-
 class U2PLASPP(nn.Module):
     """Five branches of `channels` each, concatenated as image pooling, 1x1, then the dilated 3x3s."""
 
     def __init__(self, cin: int, channels: int, dilations=(6, 12, 18)):
         super().__init__()
-        self.pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), *_conv_bn_relu(cin, channels))
-        self.convs = nn.ModuleList([nn.Sequential(*_conv_bn_relu(cin, channels))]
-                                   + [nn.Sequential(*_conv_bn_relu(cin, channels, 3, d)) for d in dilations])
+        self.pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), *conv_bn_relu(cin, channels))
+        self.convs = nn.ModuleList([conv_bn_relu(cin, channels)]
+                                   + [conv_bn_relu(cin, channels, 3, d) for d in dilations])
         self.out_channels = channels * (len(dilations) + 2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -102,11 +97,8 @@ class U2PLDeepLabV3Plus(nn.Module):
         c1_channels, c4_channels = in_channels[0], in_channels[-1]
         aspp_channels = aspp_channels or c4_channels // 8
         self.aspp = U2PLASPP(c4_channels, aspp_channels, tuple(aspp_dilations))
-        self.head = nn.Sequential(
-            nn.Conv2d(self.aspp.out_channels, aspp_channels, 3, padding=1, bias=False), nn.BatchNorm2d(aspp_channels),
-            nn.ReLU(inplace=True), nn.Dropout2d(dropout))
-        self.low_conv = nn.Sequential(nn.Conv2d(c1_channels, low_level_channels, 1, bias=True),
-                                      nn.BatchNorm2d(low_level_channels), nn.ReLU(inplace=True))
+        self.head = nn.Sequential(*conv_bn_relu(self.aspp.out_channels, aspp_channels, 3), nn.Dropout2d(dropout))
+        self.low_conv = conv_bn_relu(c1_channels, low_level_channels, bias=True)
         self.fused_channels = low_level_channels + aspp_channels
         self.feature_channels = decoder_channels
         self.classifier = nn.Sequential(*_classifier_stage(self.fused_channels, decoder_channels, dropout),
