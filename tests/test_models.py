@@ -7,7 +7,7 @@ from sslseg.errors import UserError
 from sslseg.models import build_segmentor
 from sslseg.models.perturbations import FeatureDropout
 from sslseg.models.resnet import DeepStemResNet
-from tests.conftest import ROOT, SHARED, read_key_list
+from tests.conftest import ROOT, read_key_list
 
 CONF = ROOT / "conf"
 
@@ -30,10 +30,8 @@ def _cfgs(backbone: str, model: str = "deeplabv3plus", **backbone_overrides):
 
 
 @pytest.mark.parametrize("depth,layers", [(50, [3, 4, 6, 3]), (101, [3, 4, 23, 3])])
-def test_state_dict_matches_seed_methodsread_key_list(depth, layers):
-    key_file = SHARED / "specs" / f"resnet{depth}_keys.txt"
-    if not key_file.is_file():
-        pytest.skip("../shared/specs not present")
+def test_state_dict_matches_the_seed_methods_weight_file(depth, layers):
+    key_file = ROOT / "tests" / "fixtures" / f"seed_resnet{depth}_keys.txt"
     model = DeepStemResNet(layers=layers)
     ours = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     assert ours == read_key_list(key_file)
@@ -171,9 +169,7 @@ def test_decoder_parts_compose_to_the_forward_pass():
 
 
 def _key_file_state(depth: int) -> dict[str, torch.Tensor]:
-    key_file = SHARED / "specs" / f"resnet{depth}_keys.txt"
-    if not key_file.is_file():
-        pytest.skip("../shared/specs not present")
+    key_file = ROOT / "tests" / "fixtures" / f"seed_resnet{depth}_keys.txt"
     gen = torch.Generator().manual_seed(0)
     state = {k: torch.randn(shape, generator=gen) if shape else torch.tensor(0)
              for k, shape in read_key_list(key_file).items()}
