@@ -44,7 +44,16 @@ def read_checkpoint(path: str | Path) -> tuple[dict, DictConfig]:
     except Exception as exc:  # empty, truncated, random bytes, another program's file
         raise UserError(f"cannot read checkpoint {path}: not an sslseg Lightning checkpoint "
                         f"({exc.__class__.__name__})") from exc
-    return checkpoint, train_cfg
+    return checkpoint, upgrade_saved_config(train_cfg)
+
+
+def upgrade_saved_config(cfg: DictConfig) -> DictConfig:
+    """A config saved by an earlier sslseg, in today's keys: PCT's stage 2 was `method.phase: retrain` of the PCT
+    class before it had its own."""
+    if cfg.method.get("phase") == "retrain":
+        cfg.method._target_, cfg.method.evaluate = "sslseg.methods.pct.PCTRetrain", "student"
+    cfg.method.pop("phase", None)
+    return cfg
 
 
 def resume_checkpoint(cfg: DictConfig, run_dir: Path) -> str | None:

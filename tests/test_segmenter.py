@@ -10,6 +10,7 @@ import lightning.pytorch as pl
 import numpy as np
 import pytest
 import torch
+from omegaconf import OmegaConf
 from PIL import Image
 from torch.utils.data import DataLoader
 
@@ -355,3 +356,14 @@ def test_an_empty_or_non_finite_input_is_refused(ckpt):
         segmenter(np.zeros((0, 0, 3), np.uint8))
     with pytest.raises(ValueError, match="NaN or infinite"):
         segmenter(torch.full((1, 3, 8, 8), float("nan")))
+
+
+def test_a_pct_stage_2_checkpoint_from_before_its_own_class_loads(tmp_path):
+    cfg = compose_cfg(PCT_STAGE_2)
+    module = method_class(cfg)(cfg)
+    path = tmp_path / "old.ckpt"
+    saved = OmegaConf.to_container(module.cfg)  # as a PCT stage-2 run saved it
+    saved["method"] |= {"_target_": "sslseg.methods.pct.PCT", "phase": "retrain", "evaluate": "both"}
+    torch.save({"state_dict": module.state_dict(), "hyper_parameters": {"cfg": saved}}, path)
+    segmenter = sslseg.Segmenter.from_checkpoint(path)
+    assert type(segmenter.module).__name__ == "PCTRetrain" and segmenter.network_name == "model"
