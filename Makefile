@@ -48,10 +48,10 @@ train: $(INSTALLED)  ## the default job: DAW on the procedural toy set, CPU-size
 	$(PYTHON) train.py
 
 bench: $(INSTALLED)  ## training-step / data / inference benchmark (see docs/performance.md)
-	$(PYTHON) -m sslseg.bench
+	$(PYTHON) -m sslseg.perf.bench
 
 gpu-check: $(INSTALLED)  ## the GPU check, docs/gpu.md (DRY=1: every section on the CPU at tiny sizes, < 3 min)
-	$(PYTHON) -m sslseg.gpu_check $(if $(DRY),--dry)
+	$(PYTHON) -m sslseg.perf.gpu_check $(if $(DRY),--dry)
 
 clean:  ## caches (keeps data/, outputs/ and .venv/)
 	rm -rf .pytest_cache .ruff_cache **/__pycache__

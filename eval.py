@@ -9,10 +9,10 @@ from hydra.core.hydra_config import HydraConfig
 
 os.environ.setdefault("SSLSEG_ROOT", os.path.dirname(os.path.abspath(__file__)))
 
-from sslseg.cli import quote_split_overrides  # noqa: E402
-from sslseg.config_checks import refused_run_leaves_no_folder  # noqa: E402
-from sslseg.console_log import quiet_third_party  # noqa: E402
 from sslseg.errors import exit_on_user_error  # noqa: E402
+from sslseg.run.cli import quote_split_overrides  # noqa: E402
+from sslseg.run.config_checks import refused_run_leaves_no_folder  # noqa: E402
+from sslseg.run.console import quiet_third_party  # noqa: E402
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="eval")
@@ -24,7 +24,7 @@ def main(cfg) -> None:
 @exit_on_user_error
 def run(cfg) -> None:
     quiet_third_party()  # before the imports below (matplotlib logs its font cache's creation on import)
-    from sslseg.evaluation import evaluate
+    from sslseg.predict.evaluation import evaluate
 
     evaluate(cfg)
 

@@ -9,10 +9,10 @@ from hydra.core.hydra_config import HydraConfig
 
 os.environ.setdefault("SSLSEG_ROOT", os.path.dirname(os.path.abspath(__file__)))
 
-from sslseg.cli import is_launcher_rank, quote_split_overrides  # noqa: E402
-from sslseg.config_checks import check_config, refused_run_leaves_no_folder  # noqa: E402
-from sslseg.console_log import console_logged, quiet_third_party  # noqa: E402
 from sslseg.errors import exit_on_user_error  # noqa: E402
+from sslseg.run.cli import is_launcher_rank, quote_split_overrides  # noqa: E402
+from sslseg.run.config_checks import check_config, refused_run_leaves_no_folder  # noqa: E402
+from sslseg.run.console import console_logged, quiet_third_party  # noqa: E402
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
@@ -29,7 +29,7 @@ def run(cfg) -> float:
     """Returns the best val mIoU: the objective a Hydra sweeper maximises (conf/hparams_search/)."""
     check_config(cfg)  # again per job: a sweep's overrides reach the jobs only
     quiet_third_party()  # before the imports below (matplotlib logs its font cache's creation on import)
-    from sslseg.experiment import train
+    from sslseg.run.experiment import train
 
     return float(train(cfg)["best_val_mIoU"])
 

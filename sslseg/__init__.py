@@ -1,6 +1,6 @@
 """sslseg: semi-supervised semantic segmentation methods on one Hydra + Lightning suite.
 
-`sslseg.Segmenter` (sslseg/segmenter.py) predicts with a trained checkpoint. It is imported on first use,
+`sslseg.Segmenter` (sslseg/predict/segmenter.py) predicts with a trained checkpoint. It is imported on first use,
 so that `import sslseg` (every entry point) does not pay for importing torch and Lightning.
 """
 
@@ -15,7 +15,7 @@ __all__ = ["Segmenter"]
 
 def __getattr__(name: str):
     if name == "Segmenter":
-        from sslseg.segmenter import Segmenter
+        from sslseg.predict.segmenter import Segmenter
 
         return Segmenter
     raise AttributeError(f"module 'sslseg' has no attribute {name!r}")

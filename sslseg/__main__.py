@@ -2,7 +2,7 @@
 
   list                      methods, recipes, datasets, backbones and decoders, one line each, with their sources
   check <data root> ...     check a dataset folder and a weights folder (python -m sslseg.data.check --help)
-  results <folder> ...      the table of the runs under a folder (python -m sslseg.results --help)
+  results <folder> ...      the table of the runs under a folder (python -m sslseg.report.results --help)
 
 Training and evaluation are `python train.py ...` and `python eval.py ...` (docs/running.md).
 """
@@ -25,7 +25,7 @@ def main(argv: list[str] | None = None) -> int:
 
         return check(rest)
     if command == "results":
-        from sslseg.results import main as results
+        from sslseg.report.results import main as results
 
         return results(rest)
     print(__doc__.strip())

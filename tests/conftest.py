@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from sslseg.cli import compose_config
 from sslseg.data.toy import ensure_toy_dataset
+from sslseg.run.cli import compose_config
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"

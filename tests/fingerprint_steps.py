@@ -21,11 +21,11 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from omegaconf import OmegaConf
 
-from sslseg.cli import compose_config
 from sslseg.data.toy import ensure_toy_dataset
-from sslseg.fitting import build_datamodule, trainer_kwargs
 from sslseg.methods import method_class
-from sslseg.recipes import stage_config
+from sslseg.run.cli import compose_config
+from sslseg.run.fitting import build_datamodule, trainer_kwargs
+from sslseg.run.recipes import stage_config
 
 METHODS = ["supervised", "fixmatch", "unimatch", "daw", "dssn", "ddfp", "dars", "pct"]
 STEPS = 5

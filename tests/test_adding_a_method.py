@@ -11,7 +11,7 @@ import sys
 import pytest
 import torch
 
-from sslseg.bench import synthetic_batch
+from sslseg.perf.bench import synthetic_batch
 from tests.conftest import ROOT, compose_cfg
 from tests.fingerprint_steps import fit_steps
 from tests.test_method_contract import Contract

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from sslseg.bench import main
+from sslseg.perf.bench import main
 
 pytestmark = pytest.mark.slow
 

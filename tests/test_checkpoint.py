@@ -4,8 +4,8 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from sslseg.checkpoint import resume_checkpoint
 from sslseg.errors import UserError
+from sslseg.run.checkpoint import resume_checkpoint
 
 
 def run_cfg(ckpt_path, method="daw", classes=6, backbone="tiny", stages=None):
@@ -80,7 +80,7 @@ def test_last_checkpoint_is_the_latest_epoch_even_when_validation_got_worse(tmp_
     import lightning.pytorch as pl
     from lightning.pytorch.demos.boring_classes import BoringModel
 
-    from sslseg.checkpoint import RunCheckpoints
+    from sslseg.run.checkpoint import RunCheckpoints
 
     class GettingWorse(BoringModel):
         train_steps = 0  # what RunCheckpoints reads of an sslseg module

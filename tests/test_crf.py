@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from sslseg.crf import dense_crf
+from sslseg.predict.crf import dense_crf
 
 pytest.importorskip("pydensecrf.densecrf", reason="optional: pip install 'sslseg[crf]'")
 

@@ -8,10 +8,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from sslseg.bench import synthetic_batch
-from sslseg.fitting import build_datamodule
 from sslseg.methods import method_class
 from sslseg.methods.ddfp import half_box_cutmix
+from sslseg.perf.bench import synthetic_batch
+from sslseg.run.fitting import build_datamodule
 from tests.conftest import compose_cfg
 
 K = 6
@@ -117,7 +117,7 @@ def test_resume_restores_the_flow_and_both_optimizers(data_dir, tmp_path):
         cfg = compose_cfg(["method=ddfp", f"trainer.max_epochs={max_epochs}", *overrides])
         module = method_class(cfg)(cfg)
         datamodule = build_datamodule(cfg, module.data_streams(cfg.method), split=cfg.split)
-        from sslseg.fitting import trainer_kwargs
+        from sslseg.run.fitting import trainer_kwargs
 
         kwargs = trainer_kwargs(cfg) | {"logger": False, "enable_checkpointing": False}
         trainer = pl.Trainer(**kwargs, callbacks=list(callbacks), default_root_dir=str(tmp_path))

@@ -379,8 +379,8 @@ def test_methods_train_the_vit_dpt_pair_with_their_feature_perturbation(method):
     """`method=daw backbone=vit_tiny model=dpt_tiny`: one training step, UniMatch's FP stream on the four ViT
     features (a FeatureDropout copy, `method.feature_dropout`); every trainable parameter gets a gradient (DDP
     without find_unused_parameters)."""
-    from sslseg.bench import synthetic_batch
     from sslseg.methods import method_class
+    from sslseg.perf.bench import synthetic_batch
     from tests.conftest import compose_cfg
 
     torch.manual_seed(0)

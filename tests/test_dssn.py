@@ -6,12 +6,12 @@ import math
 import pytest
 import torch
 
-from sslseg.bench import synthetic_batch
-from sslseg.losses import standardized_mse
 from sslseg.methods import method_class
 from sslseg.methods.components import confidence
+from sslseg.methods.losses import standardized_mse
 from sslseg.methods.selection import class_aware
 from sslseg.methods.weak_to_strong import PseudoTargets, StudentLogits, Targets
+from sslseg.perf.bench import synthetic_batch
 from tests.conftest import compose_cfg
 
 K = 6

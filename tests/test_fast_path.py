@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from sslseg.bench import StepRunner, synthetic_batch
 from sslseg.methods import method_class
+from sslseg.perf.bench import StepRunner, synthetic_batch
 from tests.conftest import compose_cfg
 
 # bf16 keeps 8 bits of mantissa (~0.4% per rounding); through the network the loss moves by

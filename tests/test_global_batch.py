@@ -98,7 +98,7 @@ REFERENCE_GLOBAL_BATCH = {
 
 
 def _global_batches(cfg) -> int | dict[str, int]:
-    from sslseg.recipes import stage_config
+    from sslseg.run.recipes import stage_config
 
     stages = cfg.method.get("stages")
     if not stages:

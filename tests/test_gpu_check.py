@@ -14,7 +14,7 @@ from tests.conftest import ROOT
 def test_dry_run_fills_every_section(tmp_path):
     """`make gpu-check DRY=1` as CI runs it: every section runs and reports, at tiny sizes."""
     # Limits x3: what is checked here is that every section fills, not its time on a busy machine.
-    cmd = [sys.executable, "-m", "sslseg.gpu_check", "--dry", "--limit-scale", "3", "--out", str(tmp_path)]
+    cmd = [sys.executable, "-m", "sslseg.perf.gpu_check", "--dry", "--limit-scale", "3", "--out", str(tmp_path)]
     done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-2000:]
     report = json.loads((tmp_path / "gpu.json").read_text())

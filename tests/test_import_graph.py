@@ -64,4 +64,4 @@ def test_no_import_cycle_among_sslseg_modules():
 def test_the_cycle_finder_finds_a_cycle():
     assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": set()}) == ["a", "b", "c", "a"]
     assert find_cycle({"a": {"b"}, "b": set()}) is None
-    assert "sslseg.fitting" in import_graph()["sslseg.stages"]  # lazy imports count
+    assert "sslseg.run.fitting" in import_graph()["sslseg.run.stages"]  # lazy imports count

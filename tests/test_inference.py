@@ -7,8 +7,8 @@ import torch
 from torch import nn
 
 from sslseg.errors import UserError
-from sslseg.inference import _starts, _truncated_starts, predict, sliding_window_probs
-from sslseg.metrics import confusion_matrix_metric, iou_from_confusion, mean_iou_all_classes
+from sslseg.predict.inference import _starts, _truncated_starts, predict, sliding_window_probs
+from sslseg.predict.metrics import confusion_matrix_metric, iou_from_confusion, mean_iou_all_classes
 
 
 def _pointwise_model():
@@ -49,7 +49,7 @@ def test_center_crop_returns_original_pixels():
 def test_center_crop_pads_with_black_before_normalisation():
     """DDFP (U2PL) pads the raw image with 0 and normalises after: the padding is black, not the mean colour."""
     from sslseg.data.transforms import IMAGENET_MEAN, IMAGENET_STD
-    from sslseg.inference import center_crop_logits
+    from sslseg.predict.inference import center_crop_logits
 
     seen = []
     center_crop_logits(lambda x: seen.append(x) or x, torch.zeros(1, 3, 4, 6), crop=8)
@@ -62,7 +62,7 @@ def test_center_crop_pads_with_black_before_normalisation():
 
 def test_centred_windows_pad_a_small_image_around_its_centre():
     """semseg pads an image smaller than a window on all sides (pad // 2 on top and left), then crops back."""
-    from sslseg.inference import sliding_window_scores
+    from sslseg.predict.inference import sliding_window_scores
 
     seen = []
     image = torch.ones(1, 3, 5, 12)

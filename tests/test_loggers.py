@@ -6,10 +6,10 @@ import io
 import pytest
 from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor
 
-from sslseg.checkpoint import RunCheckpoints
-from sslseg.console_log import _Tee
 from sslseg.errors import UserError
-from sslseg.loggers import AppendingCSVLogger, LossProgressBar, ValidationMedia, build_callbacks, build_loggers
+from sslseg.run.checkpoint import RunCheckpoints
+from sslseg.run.console import _Tee
+from sslseg.run.loggers import AppendingCSVLogger, LossProgressBar, ValidationMedia, build_callbacks, build_loggers
 from tests.conftest import compose_cfg
 
 

@@ -3,8 +3,8 @@ import math
 import torch
 import torch.nn.functional as F
 
-from sslseg.losses import OhemCrossEntropy
-from sslseg.metrics import confusion_matrix_metric, iou_from_confusion
+from sslseg.methods.losses import OhemCrossEntropy
+from sslseg.predict.metrics import confusion_matrix_metric, iou_from_confusion
 
 
 def _logits_with_p_gt(p_gt: list[float]) -> tuple[torch.Tensor, torch.Tensor]:

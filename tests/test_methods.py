@@ -4,8 +4,8 @@
 import pytest
 import torch
 
-from sslseg.bench import synthetic_batch
 from sslseg.methods import method_class
+from sslseg.perf.bench import synthetic_batch
 from tests.conftest import compose_cfg
 
 B, CROP, K = 2, 32, 6
@@ -98,7 +98,7 @@ def test_validation_reports_the_better_of_online_and_ema():
     with torch.no_grad():
         module.teacher.network.decoder.classifier.bias.add_(torch.arange(K) * 100.0)  # always the last class
     module.validation_step(batch, 0)
-    from sslseg.metrics import iou_from_confusion
+    from sslseg.predict.metrics import iou_from_confusion
 
     scores = {n: float(iou_from_confusion(c.compute())[1]) for n, c in module.val_confusion.items()}
     module.on_validation_epoch_end()

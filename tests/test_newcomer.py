@@ -174,7 +174,7 @@ def test_a_refused_evaluation_leaves_no_run_folder(tmp_path):
 def test_custom_data_on_a_cpu_says_which_network_and_how_to_pick_a_small_one(monkeypatch):
     from omegaconf import OmegaConf
 
-    from sslseg.fitting import cpu_note
+    from sslseg.run.fitting import cpu_note
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     cfg = OmegaConf.create({"dataset": {"name": "custom", "crop_size": 321}, "backbone": {"name": "resnet101"},

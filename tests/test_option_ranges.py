@@ -1,10 +1,10 @@
-"""Every numeric option is declared with its range in one place (sslseg.config_checks.TYPED_OPTIONS) and checked
+"""Every numeric option is declared with its range in one place (sslseg.run.config_checks.TYPED_OPTIONS) and checked
 before anything runs; a value that makes a method degenerate is refused, and every shipped config passes."""
 
 import pytest
 
-from sslseg.config_checks import check_config
 from sslseg.errors import UserError
+from sslseg.run.config_checks import check_config
 from tests.conftest import ROOT, compose_cfg
 
 

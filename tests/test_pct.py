@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from sslseg.losses import class_aware_cross_entropy, class_aware_log_probs, tag_classification_loss
+from sslseg.methods.losses import class_aware_cross_entropy, class_aware_log_probs, tag_classification_loss
 from sslseg.methods.pct import IoUTracker, image_weights, tags_of_masks
 
 

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from sslseg.pseudo_labels import (
+from sslseg.pseudo_labels.thresholds import (
     FP16_BINS,
     cbst_thresholds,
     class_targets,

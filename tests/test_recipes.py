@@ -31,9 +31,9 @@ def compose_recipe(name: str, *more: str):
 
 
 def _value(cfg, key: str):
-    """A config value; `stages.<stage>.<key>`: the key in that stage's own config (sslseg.stages.stage_config)."""
+    """A config value; `stages.<stage>.<key>`: the key in that stage's own config (sslseg.run.stages.stage_config)."""
     if key.startswith("stages."):
-        from sslseg.recipes import stage_config
+        from sslseg.run.recipes import stage_config
 
         _, stage, rest = key.split(".", 2)
         cfg = stage_config(cfg, cfg.method.stages[stage], 0)
@@ -264,7 +264,7 @@ def test_a_recipe_value_is_one_override_away():
 # --- pairs without a recipe ------------------------------------------------------------------------------------
 @pytest.mark.parametrize("method,dataset", [("pct", "cityscapes"), ("supervised", "pascal"), ("unimatch", "toy")])
 def test_a_pair_without_a_recipe_says_so_and_names_its_defaults(method, dataset):
-    from sslseg.recipes import results_entry, start_line
+    from sslseg.run.recipes import results_entry, start_line
 
     cfg = compose_cfg([f"method={method}", f"dataset={dataset}"])
     assert cfg.recipe is None and results_entry(cfg) is None
@@ -275,7 +275,7 @@ def test_a_pair_without_a_recipe_says_so_and_names_its_defaults(method, dataset)
 
 
 def test_a_recipes_start_line_names_it_and_its_source():
-    from sslseg.recipes import results_entry, start_line
+    from sslseg.run.recipes import results_entry, start_line
 
     cfg = compose_cfg(["method=daw", "dataset=pascal"])
     assert start_line(cfg) == (
@@ -357,7 +357,7 @@ def test_the_duplicate_check_can_fail(tmp_path, monkeypatch):
 
 # --- variants ------------------------------------------------------------------------------------------------------
 def test_a_variant_that_does_not_exist_is_one_line():
-    from sslseg.recipes import check_variant
+    from sslseg.run.recipes import check_variant
 
     with pytest.raises(UserError) as exc:
         check_variant({"method": "dars", "dataset": "pascal", "variant": "crop361"})
@@ -419,8 +419,8 @@ def test_parameter_groups_by_role_and_module_path():
 def test_dars_validates_on_its_releases_cadence(name, stage, count):
     """tool/train.py: epoch_log > evaluate_start and (epoch_log - evaluate_start) % evaluate_freq == 0, epoch_log
     counted over the rounds; the last epoch of every round is among them."""
-    from sslseg.fitting import validation_cadence
-    from sslseg.recipes import stage_config
+    from sslseg.run.fitting import validation_cadence
+    from sslseg.run.recipes import stage_config
 
     cfg = compose_recipe(name)
     names = list(cfg.method.stages)
@@ -434,7 +434,7 @@ def test_dars_validates_on_its_releases_cadence(name, stage, count):
 
 
 def test_every_n_epochs_without_a_start_is_lightnings_own():
-    from sslseg.fitting import trainer_kwargs, validation_cadence
+    from sslseg.run.fitting import trainer_kwargs, validation_cadence
 
     cfg = compose_cfg(["method=ddfp", "dataset=pascal"])
     assert validation_cadence(cfg) is None and trainer_kwargs(cfg)["check_val_every_n_epoch"] == 4
@@ -444,7 +444,7 @@ def test_every_n_epochs_without_a_start_is_lightnings_own():
 
 
 def test_fp16_runs_as_fp32_without_a_gpu():
-    from sslseg.fitting import trainer_kwargs
+    from sslseg.run.fitting import trainer_kwargs
 
     cfg = compose_cfg(["method=ddfp", "dataset=pascal", "trainer.accelerator=cpu"])
     assert cfg.trainer.precision == "16-mixed" and trainer_kwargs(cfg)["precision"] == "32-true"

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from sslseg.results import (
+from sslseg.report.plot import plot_lines
+from sslseg.report.results import (
     CODE_DIR,
     VERSIONED,
     collect,
@@ -17,7 +18,6 @@ from sslseg.results import (
     split_order,
     summary_table,
 )
-from sslseg.results_plot import plot_lines
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -17,14 +17,14 @@ from torch.utils.data import DataLoader
 import sslseg
 from sslseg.data.io import read_image, read_mask
 from sslseg.errors import UserError
-from sslseg.evaluation import list_images, load_for_validation, predict_folder
-from sslseg.export import export
-from sslseg.inference import predict
 from sslseg.methods import method_class
 from sslseg.methods.base import SemiSegModule
 from sslseg.methods.daw import DAW
 from sslseg.methods.teacher import Teacher
-from sslseg.palette import CITYSCAPES_PALETTE, VOC_PALETTE, palette_for
+from sslseg.predict.evaluation import list_images, load_for_validation, predict_folder
+from sslseg.predict.export import export
+from sslseg.predict.inference import predict
+from sslseg.predict.palette import CITYSCAPES_PALETTE, VOC_PALETTE, palette_for
 from tests.conftest import compose_cfg, last_line, run_cli
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)  # ImageNet's, as the model was trained
@@ -156,7 +156,7 @@ def test_every_input_kind_gives_the_same_masks(ckpt):
 
 
 def test_the_checkpoints_protocol_is_applied(tmp_path):
-    """A sliding-window + flip protocol in the checkpoint gives sslseg.inference.predict's masks with it."""
+    """A sliding-window + flip protocol in the checkpoint gives sslseg.predict.inference.predict's masks with it."""
     path = _daw_checkpoint(tmp_path / "sliding.ckpt", "dataset.eval.mode=sliding", "dataset.eval.flip=true",
                            "dataset.eval.crop_size=48")
     segmenter = sslseg.Segmenter.from_checkpoint(path)
@@ -327,7 +327,7 @@ def test_eval_cli_predicts_a_folder_exports_and_fails_in_one_line(ckpt, tmp_path
 def test_eval_outputs_are_checked_before_the_network_loads(ckpt, tmp_path, case):
     """eval.py's export and prediction outputs go through the same checks as a run's folder: one UserError (one
     line, exit 2 from the CLI) naming the option, before anything is loaded or written."""
-    from sslseg.evaluation import predict_or_export
+    from sslseg.predict.evaluation import predict_or_export
 
     folder = tmp_path / "images"
     folder.mkdir()

@@ -1,9 +1,9 @@
 import pytest
 from omegaconf import OmegaConf
 
-from sslseg.cli import quote_split_overrides
 from sslseg.data.splits import Sample, check_files_exist, read_split_file, split_files, write_split_file
 from sslseg.errors import UserError, one_line
+from sslseg.run.cli import quote_split_overrides
 from tests.conftest import compose_cfg
 
 

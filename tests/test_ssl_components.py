@@ -3,9 +3,9 @@ import math
 import pytest
 import torch
 
-from sslseg.losses import masked_cross_entropy
 from sslseg.methods.components import cutmix
 from sslseg.methods.daw import DistributionAlignment
+from sslseg.methods.losses import masked_cross_entropy
 from sslseg.methods.selection import JumpThreshold, above_threshold, gaussian_intersection
 
 

@@ -4,10 +4,10 @@ import json
 
 import pytest
 
-import sslseg.fitting
-import sslseg.stages
+import sslseg.run.fitting
+import sslseg.run.stages
 from sslseg.errors import UserError
-from sslseg.stages import run_stages
+from sslseg.run.stages import run_stages
 from tests.conftest import compose_cfg
 
 
@@ -27,10 +27,10 @@ def _recorder(monkeypatch):
         (out_dir / "stats.json").write_text(json.dumps({"summary": {"labeled_share": stage.labeling_ratio}}))
         (out_dir / "pseudo.txt").write_text("")
 
-    monkeypatch.setattr(sslseg.fitting, "fit", fake_fit)
-    monkeypatch.setattr(sslseg.stages, "generate", fake_generate)
+    monkeypatch.setattr(sslseg.run.fitting, "fit", fake_fit)
+    monkeypatch.setattr(sslseg.run.stages, "generate", fake_generate)
     # The stand-in writes no pseudo-labels to check (tests/test_dars_end_to_end.py damages real ones).
-    monkeypatch.setattr(sslseg.stages, "damaged_pseudo_labels", lambda *args: [])
+    monkeypatch.setattr(sslseg.run.stages, "damaged_pseudo_labels", lambda *args: [])
     return calls
 
 

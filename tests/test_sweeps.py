@@ -16,9 +16,9 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import OmegaConf, open_dict
 
-from sslseg.cli import CONF_DIR, is_launcher_rank
 from sslseg.errors import UserError
-from sslseg.experiment import SLURM_LAUNCHER, check_launch
+from sslseg.run.cli import CONF_DIR, is_launcher_rank
+from sslseg.run.experiment import SLURM_LAUNCHER, check_launch
 from tests.conftest import run_cli
 
 

@@ -112,6 +112,6 @@ RESOLVERS = {
 
 
 def register_resolvers() -> None:
-    """Make the resolvers above known to OmegaConf (idempotent; sslseg.cli calls it on import)."""
+    """Make the resolvers above known to OmegaConf (idempotent; sslseg.run.cli calls it on import)."""
     for name, resolver in RESOLVERS.items():
         OmegaConf.register_new_resolver(name, resolver, replace=True)

@@ -21,7 +21,7 @@ import numpy as np
 from PIL import Image
 
 from sslseg.data.splits import Sample, write_split_file
-from sslseg.palette import VOC_PALETTE
+from sslseg.predict.palette import VOC_PALETTE
 
 CLASS_NAMES = ["background", "disk", "square", "triangle", "ring", "cross"]
 IMAGE_SIZE = 96

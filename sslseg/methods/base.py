@@ -5,8 +5,8 @@ algorithm box. Images arrive as uint8; `normalize` turns them into ImageNet-norm
 The module owns the networks (`model`, the student, and `teacher`, an averaged copy, when the method config has a
 `teacher` section), the supervised criterion, the optimizer with its poly schedule, and the count of training steps
 (the teacher's index). `NetworkValidation` (validation.py) scores the networks. Infrastructure lives in callbacks:
-checkpoints and random states (sslseg.checkpoint.RunCheckpoints, HandOver between an offline method's stages) and the
-logged prediction images (sslseg.loggers.ValidationMedia).
+checkpoints and random states (sslseg.run.checkpoint.RunCheckpoints; HandOver between an offline method's stages)
+and the logged prediction images (sslseg.run.loggers.ValidationMedia).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from torch import nn
 
 from sslseg.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from sslseg.errors import UserError
-from sslseg.losses import build_criterion
+from sslseg.methods.losses import build_criterion
 from sslseg.methods.optim import instantiate_optimizer, param_groups
 from sslseg.methods.teacher import Teacher
 from sslseg.methods.validation import NetworkValidation
@@ -188,7 +188,7 @@ class SemiSegModule(NetworkValidation, pl.LightningModule):
         is simpler: it also applies the evaluation protocol."""
         from hydra.utils import get_class
 
-        from sslseg.checkpoint import read_checkpoint
+        from sslseg.run.checkpoint import read_checkpoint
 
         _, cfg = read_checkpoint(checkpoint_path)
         target = get_class(str(cfg.method._target_))

@@ -1,5 +1,5 @@
 """DARS: Distribution Alignment and Random Sampling (ICCV'21, CVMI-Lab/DARS), an offline self-training
-method run as stages (`method.stages`, sslseg/stages.py):
+method run as stages (`method.stages`, sslseg/run/stages.py):
 
   round0   train on the labeled images: (CE + 0.4 CE_aux)(labeled)
   pseudo1  generate pseudo-labels for the unlabeled images with round0's final weights:
@@ -41,8 +41,8 @@ from __future__ import annotations
 
 import torch
 
-from sslseg.inference import predict_with
 from sslseg.methods.base import SemiSegModule
+from sslseg.predict.inference import predict_with
 
 
 class DARS(SemiSegModule):

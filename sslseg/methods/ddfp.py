@@ -61,8 +61,8 @@ from torch import nn
 
 from sslseg.data.transforms import IGNORE_INDEX
 from sslseg.errors import UserError
-from sslseg.losses import masked_cross_entropy, selected_share
 from sslseg.methods.base import SemiSegModule
+from sslseg.methods.losses import masked_cross_entropy, selected_share
 from sslseg.methods.optim import instantiate_optimizer
 from sslseg.models.flow import UNLABELED, FeatureDensity
 from sslseg.models.segmentor import upsample

@@ -40,7 +40,7 @@ from __future__ import annotations
 import torch
 
 from sslseg.errors import UserError
-from sslseg.losses import masked_cross_entropy, selected_share, standardized_mse
+from sslseg.methods.losses import masked_cross_entropy, selected_share, standardized_mse
 from sslseg.methods.selection import above_threshold, class_aware
 from sslseg.methods.weak_to_strong import Targets, WeakToStrong
 

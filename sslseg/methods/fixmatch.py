@@ -13,7 +13,7 @@ the current batch instead and drops the partner pass.
 
 from __future__ import annotations
 
-from sslseg.losses import masked_cross_entropy, selected_share
+from sslseg.methods.losses import masked_cross_entropy, selected_share
 from sslseg.methods.weak_to_strong import WeakToStrong
 
 

@@ -1,5 +1,5 @@
 """PCT: Learning Pseudo Labels (Pattern Recognition 2022, YudeWang/Learning-Pseudo-Label): class-aware
-cross-entropy and progressive cross training, in two stages (`method.stages`, sslseg/stages.py).
+cross-entropy and progressive cross training, in two stages (`method.stages`, sslseg/run/stages.py).
 
 Semi-AND-weakly supervised: every unlabeled image comes with its image-level class tags (from its mask or
 a tag file, sslseg/data/tags.py), so its numbers are not comparable with the purely semi-supervised
@@ -25,7 +25,7 @@ or pseudo-label), evaluated without tags.
 
 Differences from the released code:
   * The stage-2 test has no DenseCRF by default (the release's adds one iteration): `dataset.eval.crf=true`.
-  * The CCE is computed stably (sslseg.losses.class_aware_log_probs); the release's log(... + 1e-5) caps a
+  * The CCE is computed stably (sslseg.methods.losses.class_aware_log_probs); the release's log(... + 1e-5) caps a
     pixel's loss near 11.5 and shifts it by up to ~0.1 at ordinary logit scales.
   * A present class whose running IoU is exactly 0 counts with IoU 0 (weight 0: P has never got it right),
     as the paper's formula; the release treats it as absent, so an image whose classes all score 0 gets
@@ -58,10 +58,10 @@ from torch import nn
 
 from sslseg.data.transforms import IGNORE_INDEX
 from sslseg.errors import UserError
-from sslseg.inference import predict_with
-from sslseg.losses import class_aware_log_probs, class_aware_nll, tag_classification_loss
 from sslseg.methods.base import SemiSegModule
+from sslseg.methods.losses import class_aware_log_probs, class_aware_nll, tag_classification_loss
 from sslseg.models import build_segmentor
+from sslseg.predict.inference import predict_with
 
 
 def tags_of_masks(masks: torch.Tensor, num_classes: int) -> torch.Tensor:

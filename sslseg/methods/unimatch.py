@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import torch
 
-from sslseg.losses import masked_cross_entropy, selected_share
+from sslseg.methods.losses import masked_cross_entropy, selected_share
 from sslseg.methods.weak_to_strong import WeakToStrong
 
 

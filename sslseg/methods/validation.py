@@ -14,8 +14,8 @@ import torch
 from torch import nn
 
 from sslseg.errors import UserError
-from sslseg.inference import predict_with, returns_probabilities
-from sslseg.metrics import confusion_matrix_metric, iou_from_confusion, mean_iou_all_classes
+from sslseg.predict.inference import predict_with, returns_probabilities
+from sslseg.predict.metrics import confusion_matrix_metric, iou_from_confusion, mean_iou_all_classes
 
 EVALUATED = {"student": ("model",), "teacher": ("teacher",), "both": ("model", "teacher")}
 
@@ -56,11 +56,11 @@ class NetworkValidation:
 
     def labels(self, scores: torch.Tensor, batch: dict) -> torch.Tensor:
         """argmax of the scores, or, with `dataset.eval.crf` (Learning-Pseudo-Label's stage-2 test), of their
-        DenseCRF refinement, image by image on the CPU (sslseg/crf.py; an evaluation option, slow)."""
+        DenseCRF refinement, image by image on the CPU (sslseg/predict/crf.py; an evaluation option, slow)."""
         eval_cfg = self.cfg.dataset.eval
         if not eval_cfg.get("crf"):
             return scores.argmax(1)
-        from sslseg.crf import dense_crf
+        from sslseg.predict.crf import dense_crf
 
         probs = scores if returns_probabilities(eval_cfg) else scores.float().softmax(1)
         images = batch["image"].permute(0, 2, 3, 1).cpu().numpy()
@@ -72,7 +72,7 @@ class NetworkValidation:
         return (self.fixed_network,) if self.fixed_network else tuple(self.val_confusion)
 
     def validation_step(self, batch: dict, batch_idx: int) -> dict[str, torch.Tensor]:
-        """Each validated network's predicted labels (returned for callbacks: sslseg.loggers.ValidationMedia)."""
+        """Each validated network's predicted labels (returned for callbacks: sslseg.run.loggers.ValidationMedia)."""
         x = self.normalize(batch["image"])  # once, whatever the number of evaluated networks
         predictions = {}
         for name in self.validated_networks():

@@ -1,14 +1,14 @@
-"""`python -m sslseg.results --plot`: best val mIoU against the labeled split, one subplot per dataset and one line per
-method and combination of the overrides that differ between the runs; every seed is a dot, the bar spans the seeds'
-min–max (with 2–3 seeds an sd says little), the marker is the mean. A module of its own so that the table does not
-import matplotlib."""
+"""`python -m sslseg.report.results --plot`: best val mIoU against the labeled split, one subplot per dataset and one
+line per method and combination of the overrides that differ between the runs; every seed is a dot, the bar spans
+the seeds' min–max (with 2–3 seeds an sd says little), the marker is the mean. A module of its own so that the table
+does not import matplotlib."""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
-from sslseg.results_rows import Row, mean_sd, split_order
+from sslseg.report.rows import Row, mean_sd, split_order
 
 SEED_DOT = {"marker": ".", "s": 40, "alpha": 0.6, "linewidths": 0, "zorder": 5}
 

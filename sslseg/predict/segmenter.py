@@ -6,7 +6,7 @@
 
 The checkpoint carries everything: the method (its network is rebuilt from the training config, no
 pretrained file is read), the weights, the dataset's evaluation protocol (`dataset.eval`: whole image,
-centre crop or sliding windows, scales, flip; run by sslseg/inference.py, as in validation), the class
+centre crop or sliding windows, scales, flip; run by sslseg/predict/inference.py, as in validation), the class
 names, and which network the run reported: DAW, DSSN and DDFP validate student and teacher and keep the
 better (PCT's stage 1: HybridNet and PseudoNet), and the checkpoint records the one its validation
 selected (`best_network`), so the segmenter predicts with the network behind the reported mIoU.
@@ -29,10 +29,10 @@ from omegaconf import OmegaConf
 from PIL import Image
 from torch import nn
 
-from sslseg.checkpoint import read_checkpoint
-from sslseg.console_log import NETWORK_NAMES  # noqa: F401  (one wording for the console and results.json)
 from sslseg.methods.base import SemiSegModule
 from sslseg.methods.teacher import Teacher
+from sslseg.run.checkpoint import read_checkpoint
+from sslseg.run.console import NETWORK_NAMES  # noqa: F401  (one wording for the console and results.json)
 
 
 def load_module(path: str | Path, replace: Mapping | None = None) -> tuple[SemiSegModule, bool]:

@@ -25,7 +25,7 @@ from torch.utils.data import Dataset
 
 from sslseg.data.io import read_image
 from sslseg.data.splits import Sample, write_split_file
-from sslseg.pseudo_labels import confidence_histogram, select_pixels
+from sslseg.pseudo_labels.thresholds import confidence_histogram, select_pixels
 
 LIST_NAME = "pseudo.txt"
 

@@ -6,7 +6,7 @@
   being reported would let the val set pick the network.
 * `input_dir=<folder>`: a palette PNG mask and an overlay per image (sslseg.Segmenter, the checkpoint's
   classes and protocol; `dataset.eval.<key>=` overrides apply). No val set is read.
-* `export=onnx|torchscript`: the reported network as a file (sslseg/export.py).
+* `export=onnx|torchscript`: the reported network as a file (sslseg/predict/export.py).
 """
 
 from __future__ import annotations
@@ -18,17 +18,17 @@ import lightning.pytorch as pl
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from sslseg.checkpoint import read_checkpoint
 from sslseg.data.io import read_image
 from sslseg.errors import UserError
-from sslseg.experiment import claim_run_dir, release_run_dir
-from sslseg.fitting import build_datamodule, quiet_duplicate_logs, trainer_kwargs, uses_gpu
-from sslseg.loggers import LossProgressBar
 from sslseg.methods.base import SemiSegModule
-from sslseg.palette import overlay, palette_for, palette_png
-from sslseg.results import format_iou_table, write_results
-from sslseg.segmenter import NETWORK_NAMES, Segmenter
-from sslseg.segmenter import load_module as load_checkpoint_module
+from sslseg.predict.palette import overlay, palette_for, palette_png
+from sslseg.predict.segmenter import NETWORK_NAMES, Segmenter
+from sslseg.predict.segmenter import load_module as load_checkpoint_module
+from sslseg.report.results import format_iou_table, write_results
+from sslseg.run.checkpoint import read_checkpoint
+from sslseg.run.experiment import claim_run_dir, release_run_dir
+from sslseg.run.fitting import build_datamodule, quiet_duplicate_logs, trainer_kwargs, uses_gpu
+from sslseg.run.loggers import LossProgressBar
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 
@@ -100,8 +100,8 @@ def protocol_overrides(cfg: DictConfig) -> dict:
 
 def predict_or_export(cfg: DictConfig) -> dict:
     """`input_dir=` and/or `export=`: the checkpoint's reported network, with the checkpoint's settings."""
-    from sslseg.config_checks import check_writable
-    from sslseg.export import SUFFIXES, default_path, export
+    from sslseg.predict.export import SUFFIXES, default_path, export
+    from sslseg.run.config_checks import check_writable
 
     quiet_duplicate_logs()
     ckpt_path = Path(cfg.ckpt_path)

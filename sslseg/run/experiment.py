@@ -13,15 +13,15 @@ from hydra.types import RunMode
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
-from sslseg.checkpoint import resume_checkpoint
-from sslseg.cli import is_launcher_rank
-from sslseg.console_log import network_label
 from sslseg.errors import UserError
-from sslseg.fitting import fit, quiet_duplicate_logs
 from sslseg.methods import method_class
-from sslseg.recipes import results_entry as recipe_entry
-from sslseg.recipes import start_line
-from sslseg.results import format_iou_table, provenance, write_results
+from sslseg.report.results import format_iou_table, provenance, write_results
+from sslseg.run.checkpoint import resume_checkpoint
+from sslseg.run.cli import is_launcher_rank
+from sslseg.run.console import network_label
+from sslseg.run.fitting import fit, quiet_duplicate_logs
+from sslseg.run.recipes import results_entry as recipe_entry
+from sslseg.run.recipes import start_line
 
 _RUN_DIR_LOCKS: list = []  # open lock files, held until the run ends (release_run_dir) or the process exits
 
@@ -87,14 +87,14 @@ def train(cfg: DictConfig) -> dict | None:
         cls = method_class(cfg)
         _say_recipe(cfg)
         if cfg.method.get("stages"):
-            from sslseg.stages import run_stages
+            from sslseg.run.stages import run_stages
 
             results = run_stages(cfg, run_dir)  # its wall time sums the stages'
         else:
             results = fit(cfg, cls, run_dir, ckpt_path=ckpt_path, started=started)
         results |= {"recipe": recipe_entry(cfg)} | provenance(list(HydraConfig.get().overrides.task))
         debug = HydraConfig.get().runtime.choices.get("debug")
-        if debug:  # a debug config's cut-short run: `python -m sslseg.results` leaves it out
+        if debug:  # a debug config's cut-short run: `python -m sslseg.report.results` leaves it out
             results["debug"] = debug
         _report(run_dir, results)
     finally:

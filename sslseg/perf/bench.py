@@ -1,4 +1,4 @@
-"""Training-step, data-pipeline and inference benchmark: `make bench` / `python -m sslseg.bench`.
+"""Training-step, data-pipeline and inference benchmark: `make bench` / `python -m sslseg.perf.bench`.
 
 For each method on the available device it measures, after warm-up: step time and images/s, peak
 memory (GPU), the FLOPs of one step (torch's FlopCounterMode: forward + backward + partner pass)
@@ -7,8 +7,8 @@ against what the step consumes, and inference throughput for whole images and sl
 Methods are also given relative to the supervised step, which stays meaningful on a noisy machine.
 Writes <out>/bench.json and <out>/bench.md and prints the table.
 
-    python -m sslseg.bench                                   # CPU-sized defaults (tiny, crop 64, batch 8)
-    python -m sslseg.bench --backbone resnet101 --crop 321 --batch 8 --methods unimatch,daw \\
+    python -m sslseg.perf.bench                                   # CPU-sized defaults (tiny, crop 64, batch 8)
+    python -m sslseg.perf.bench --backbone resnet101 --crop 321 --batch 8 --methods unimatch,daw \\
         --sliding-size 1024x2048 --window 801                # the GPU setting of docs/performance.md
 """
 
@@ -28,12 +28,12 @@ import torch
 from torch.utils.data import DataLoader
 from torch.utils.flop_counter import FlopCounterMode
 
-from sslseg.cli import compose_config
 from sslseg.data.datasets import UnlabeledDataset, seed_worker
 from sslseg.data.splits import read_split_file
 from sslseg.data.toy import ensure_toy_dataset
-from sslseg.inference import predict
 from sslseg.methods import method_class
+from sslseg.predict.inference import predict
+from sslseg.run.cli import compose_config
 
 
 def synthetic_batch(streams, batch: int, crop: int, num_classes: int, device) -> dict:

@@ -1,7 +1,7 @@
 """What a run prints, and `<run dir>/train.log`, the run's console output as the terminal finally shows it.
 
 A run prints one start block (`start_block`: built here in one place, so that a line is added in one place), the
-progress bar (sslseg.loggers.LossProgressBar) and one result block (sslseg.experiment._report). Library warnings
+progress bar (sslseg.run.loggers.LossProgressBar) and one result block (sslseg.run.experiment._report). Library warnings
 about what sslseg does on purpose are silenced where they arise (`quiet_third_party`, and the callbacks and loggers
 that cause them); other warnings still print.
 

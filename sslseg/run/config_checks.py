@@ -171,7 +171,7 @@ def check_writable(folder: Path, option: str) -> None:
 class RunChecks(Callback):
     """Hydra callback (conf/train.yaml, conf/eval.yaml: hydra.callbacks) running the checks above before
     Hydra creates the run or sweep directory, and with `resume`, the checkpoint a training run resumes
-    (sslseg.checkpoint.resume_checkpoint): a wrong file then leaves the run directory it names untouched
+    (sslseg.run.checkpoint.resume_checkpoint): a wrong file then leaves the run directory it names untouched
     (Hydra would rewrite its .hydra/ configs). A UserError is printed as one line and exits with 2."""
 
     def __init__(self, resume: bool = False):
@@ -189,7 +189,7 @@ class RunChecks(Callback):
             check_config(config)
             choices = OmegaConf.select(config, "hydra.runtime.choices")
             if choices is not None:
-                from sslseg.recipes import check_variant
+                from sslseg.run.recipes import check_variant
 
                 check_variant(OmegaConf.to_container(choices))
             output = Path(str(OmegaConf.select(config, dir_key)))
@@ -200,7 +200,7 @@ class RunChecks(Callback):
             FRESH_RUN_DIR = None if dir_key != "hydra.run.dir" or output.exists() else output.absolute()
             check_writable(output, _output_option(config, dir_key))
             if self.resume and dir_key == "hydra.run.dir" and OmegaConf.select(config, "ckpt_path") is not None:
-                from sslseg.checkpoint import resume_checkpoint  # torch: only when resuming
+                from sslseg.run.checkpoint import resume_checkpoint  # torch: only when resuming
 
                 resume_checkpoint(config, output.absolute())
         except UserError as exc:

@@ -29,7 +29,7 @@ from torch import nn
 
 from sslseg.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from sslseg.errors import UserError
-from sslseg.segmenter import Segmenter
+from sslseg.predict.segmenter import Segmenter
 
 SUFFIXES = {"onnx": ".onnx", "torchscript": ".torchscript.pt"}
 AXES = ("batch", "height", "width")  # of the input (B, 3, H, W): dims 0, 2, 3

@@ -1,4 +1,4 @@
-"""The GPU check: `make gpu-check` (`python -m sslseg.gpu_check`), and its CPU dry run `make gpu-check DRY=1`.
+"""The GPU check: `make gpu-check` (`python -m sslseg.perf.gpu_check`), and its CPU dry run `make gpu-check DRY=1`.
 
 One command that measures, on a CUDA device, what a lease of a few minutes can tell:
 
@@ -22,9 +22,9 @@ The dry run (`--dry`) runs every section on the CPU at tiny sizes (tiny networks
 so that the real run cannot fail on a typo. It writes to outputs/gpu-check-dry/ by default, never over
 docs/gpu.md, which holds the last real run's figures.
 
-    python -m sslseg.gpu_check                        # on a CUDA machine: docs/gpu.md, docs/gpu.json
-    python -m sslseg.gpu_check --dry                  # on any machine, < 3 minutes
-    python -m sslseg.gpu_check --sections steps,curves --out /tmp/check
+    python -m sslseg.perf.gpu_check                        # on a CUDA machine: docs/gpu.md, docs/gpu.json
+    python -m sslseg.perf.gpu_check --dry                  # on any machine, < 3 minutes
+    python -m sslseg.perf.gpu_check --sections steps,curves --out /tmp/check
 """
 
 from __future__ import annotations
@@ -51,7 +51,7 @@ LIMITS = {"tests": 20, "steps": 190, "compile": 90, "profile": 35, "pipeline": 2
 DRY_LIMITS = {"tests": 30, "steps": 50, "compile": 40, "profile": 15, "pipeline": 15, "inference": 15,
               "curves": 25}
 GRACE_SECONDS = 10  # past its limit a section's process is killed; it stops starting new work before that
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 # Dense (no sparsity) bf16 tensor-core peaks in TFLOP/s, from NVIDIA's datasheets; matched by substring of
 # torch.cuda.get_device_name(), first match wins. A device missing here gets no share-of-peak column.
@@ -115,7 +115,7 @@ class Sizes:
 
 
 def compose(overrides: list[str], sizes: Sizes):
-    from sslseg.cli import compose_config
+    from sslseg.run.cli import compose_config
 
     if not sizes.dry:
         return compose_config(sizes.overrides(overrides))
@@ -296,8 +296,8 @@ def section_steps(rec: Recorder, sizes: Sizes, mode: str = "steps") -> None:
     time per step in each precision (the GPU-busy share against the steps section's time)."""
     import torch
 
-    from sslseg.bench import synthetic_batch
     from sslseg.methods import method_class
+    from sslseg.perf.bench import synthetic_batch
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True  # sslseg's matmul_precision
@@ -411,8 +411,8 @@ def tree_overrides(root: Path) -> list[str]:
 
 
 def section_pipeline(rec: Recorder, sizes: Sizes, tree: Path) -> None:
-    from sslseg.fitting import build_datamodule
     from sslseg.methods import method_class
+    from sslseg.run.fitting import build_datamodule
 
     cfg = compose(["method=unimatch", "dataset=pascal", *tree_overrides(tree)], sizes)
     cls = method_class(cfg)
@@ -447,8 +447,8 @@ def section_pipeline(rec: Recorder, sizes: Sizes, tree: Path) -> None:
 def section_inference(rec: Recorder, sizes: Sizes) -> None:
     import torch
 
-    from sslseg.bench import inference_throughput
     from sslseg.methods import method_class
+    from sslseg.perf.bench import inference_throughput
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     torch.backends.cudnn.benchmark = True
@@ -478,8 +478,8 @@ def section_curves(rec: Recorder, sizes: Sizes, tree: Path) -> None:
     import lightning.pytorch as pl
     import torch
 
-    from sslseg.fitting import build_datamodule
     from sslseg.methods import method_class
+    from sslseg.run.fitting import build_datamodule
 
     device_gpu = torch.cuda.is_available()
     workers = min(8, (os.cpu_count() or 3) // 3) if device_gpu else 0  # per stream: 3 streams
@@ -608,7 +608,7 @@ def main(argv: list[str] | None = None) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     limits = DRY_LIMITS if a.dry else LIMITS
     report = {"environment": environment(), "dry": a.dry, "sections": {},
-              "command": "python -m sslseg.gpu_check" + (" --dry" if a.dry else "")}
+              "command": "python -m sslseg.perf.gpu_check" + (" --dry" if a.dry else "")}
     started = time.time()
     with tempfile.TemporaryDirectory(prefix="sslseg-gpu-check-") as work:
         for name in sections:
@@ -616,7 +616,7 @@ def main(argv: list[str] | None = None) -> dict:
             result = Path(work) / f"{name}.json"
             t0 = time.time()
             print(f"[gpu-check] {name} (limit {limit:.0f} s) ...", flush=True)
-            cmd = [sys.executable, "-m", "sslseg.gpu_check", "--run-section", name, "--result", str(result),
+            cmd = [sys.executable, "-m", "sslseg.perf.gpu_check", "--run-section", name, "--result", str(result),
                    "--deadline", str(t0 + limit), "--work", work, *(["--dry"] if a.dry else [])]
             status = "ok"
             try:

@@ -1,5 +1,5 @@
-"""The rows of the results report (`python -m sslseg.results`): the runs of one table row, their mean and spread,
-and the order of splits and values. Shared by the table (sslseg/results.py) and the plot (sslseg/results_plot.py)."""
+"""The rows of the results report (`python -m sslseg.report.results`): the runs of one table row, their mean and
+spread, and the order of splits and values. Shared by the table (results.py) and the plot (plot.py)."""
 
 from __future__ import annotations
 

@@ -8,7 +8,7 @@
                    optimizer momentum and poly schedule (the schedule runs over the cumulative epochs, as
                    DARS's resumed rounds), unless `fresh: true` (PCT's stage 2: a new network).
   kind: generate   pseudo-labels for the unlabeled list from the previous train stage's final weights
-                   (sslseg/generation.py). `thresholds`: dars (with `labeling_ratio`) | cbst | all (every
+                   (sslseg/pseudo_labels/generation.py). `thresholds`: dars (with `labeling_ratio`) | cbst | all (every
                    pixel keeps its label); `tags: true` hands the images' class tags to the method's
                    predict step; `with_labeled: true` also lists the labeled images, with their ground
                    truth (PCT's stage 2 trains on both).
@@ -32,12 +32,12 @@ from omegaconf import DictConfig
 from PIL import Image
 from torch.utils.data import DataLoader
 
-from sslseg.checkpoint import read_checkpoint
 from sslseg.data.datamodule import ShardedEvalSampler
 from sslseg.data.io import read_mask
 from sslseg.data.splits import check_files_exist, read_split_file, split_files
 from sslseg.errors import UserError
-from sslseg.generation import (
+from sslseg.methods import method_class
+from sslseg.pseudo_labels.generation import (
     LIST_NAME,
     ImageDataset,
     PseudoLabelWriter,
@@ -45,10 +45,10 @@ from sslseg.generation import (
     select_and_write,
     write_list,
 )
-from sslseg.methods import method_class
-from sslseg.pseudo_labels import cbst_thresholds, class_targets, dars_thresholds, labeled_prior
-from sslseg.recipes import stage_config
-from sslseg.results import write_results
+from sslseg.pseudo_labels.thresholds import cbst_thresholds, class_targets, dars_thresholds, labeled_prior
+from sslseg.report.results import write_results
+from sslseg.run.checkpoint import read_checkpoint
+from sslseg.run.recipes import stage_config
 
 KINDS = ("train", "generate")
 
@@ -81,7 +81,7 @@ def check_stages(stages: DictConfig) -> None:
 
 
 def run_stages(cfg: DictConfig, run_dir: Path) -> dict:
-    from sslseg.fitting import fit
+    from sslseg.run.fitting import fit
 
     check_stages(cfg.method.stages)
 
@@ -157,9 +157,9 @@ def damaged_pseudo_labels(pseudo_list: Path, root: Path, num_classes: int) -> li
 
 
 def generate(cfg: DictConfig, out_dir: Path, weights: Path, stage: DictConfig) -> None:
-    """Pseudo-labels for the unlabeled list of `cfg.split` (sslseg/generation.py), written into `out_dir`,
+    """Pseudo-labels for the unlabeled list of `cfg.split` (sslseg/pseudo_labels/generation.py), written into `out_dir`,
     by the network of `weights` (rebuilt from that checkpoint's own config), with the stage's rule."""
-    from sslseg.fitting import trainer_kwargs
+    from sslseg.run.fitting import trainer_kwargs
 
     started = time.monotonic()
     root = Path(cfg.paths.data_root)

@@ -10,12 +10,12 @@ from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 
 from sslseg.data.custom import register_resolvers
-from sslseg.recipes import register_resolvers as register_recipe_resolvers
+from sslseg.run.recipes import register_resolvers as register_recipe_resolvers
 
 register_resolvers()  # the configs' ${sslseg.*} resolvers (dataset=custom), in every entry point and DDP process
 register_recipe_resolvers()  # conf/train.yaml's defaults list: the (method, dataset) recipe and its groups
 
-CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 
 _SPLIT_ARG = re.compile(r"^(\+{0,2}split)=(.+)$")
 

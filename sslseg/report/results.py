@@ -1,5 +1,5 @@
 """results.json (written atomically, with the run's provenance), the console per-class table, and the report
-over a folder of runs: `python -m sslseg.results <folder>` (markdown table, `--csv`, `--plot`)."""
+over a folder of runs: `python -m sslseg.report.results <folder>` (markdown table, `--csv`, `--plot`)."""
 
 from __future__ import annotations
 
@@ -15,9 +15,9 @@ from importlib import metadata
 from pathlib import Path
 
 from sslseg.errors import UserError
-from sslseg.results_rows import Row, mean_sd, natural, split_order  # noqa: F401 (split_order: the report's API)
+from sslseg.report.rows import Row, mean_sd, natural, split_order  # noqa: F401 (split_order: the report's API)
 
-CODE_DIR = Path(__file__).resolve().parent.parent  # the repository root when sslseg runs from a checkout
+CODE_DIR = Path(__file__).resolve().parents[2]  # the repository root when sslseg runs from a checkout
 VERSIONED = ("python", "sslseg", "torch", "torchvision", "lightning", "hydra-core", "omegaconf", "torchmetrics",
              "albumentations", "wandb", "numpy")
 GIT_TIMEOUT_S = 5  # a hung git (network file system, lock) must not hold up the end of a training run
@@ -281,11 +281,11 @@ def _blank(value) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m sslseg.results <folder> [--seeds 0 1] [--csv runs.csv] [--plot miou.png]`: the summary table of the
-    training runs under a folder."""
+    """`python -m sslseg.report.results <folder> [--seeds 0 1] [--csv runs.csv] [--plot miou.png]`: the summary table
+    of the training runs under a folder."""
     import argparse
 
-    parser = argparse.ArgumentParser(prog="python -m sslseg.results", description=main.__doc__)
+    parser = argparse.ArgumentParser(prog="python -m sslseg.report.results", description=main.__doc__)
     parser.add_argument("root", type=Path, help="a folder holding run directories (e.g. outputs/)")
     parser.add_argument("--seeds", type=int, nargs="+", help="only these seeds")
     parser.add_argument("--baseline", default="supervised", help="method the differences are taken to")
@@ -313,7 +313,7 @@ def main(argv: list[str] | None = None) -> int:
             if args.csv is not None:
                 write_csv(args.csv, keys, rows)
             if args.plot is not None:
-                from sslseg.results_plot import plot_rows
+                from sslseg.report.plot import plot_rows
 
                 plot_rows(args.plot, keys, rows, args.baseline)
         except OSError as exc:

@@ -19,7 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from sslseg.errors import UserError
 
-RECIPE_DIR = Path(__file__).resolve().parents[1] / "conf" / "recipe"
+RECIPE_DIR = Path(__file__).resolve().parents[2] / "conf" / "recipe"
 PUBLISHED = "published"  # the variant choice that means the recipe itself
 
 

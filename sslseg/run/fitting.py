@@ -18,14 +18,14 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
-from sslseg.checkpoint import HandOver, RunCheckpoints
-from sslseg.cli import is_launcher_rank
-from sslseg.console_log import network_label, quiet_third_party, say, start_block
 from sslseg.data.batch import describe_batch
 from sslseg.data.datamodule import SemiSegDataModule
 from sslseg.errors import UserError
-from sslseg.loggers import LossProgressBar, build_callbacks, build_loggers, log_config, logger_lines
 from sslseg.methods.base import SemiSegModule
+from sslseg.run.checkpoint import HandOver, RunCheckpoints
+from sslseg.run.cli import is_launcher_rank
+from sslseg.run.console import network_label, quiet_third_party, say, start_block
+from sslseg.run.loggers import LossProgressBar, build_callbacks, build_loggers, log_config, logger_lines
 
 
 def build_datamodule(cfg: DictConfig, streams: tuple[str, ...], split=None,
@@ -115,7 +115,7 @@ def _finish_wandb() -> None:
 
 def quiet_duplicate_logs() -> None:
     """Lightning prints through its own handler (Hydra's root handler would print every line twice), and the
-    libraries' warnings about what sslseg does on purpose are silenced (sslseg.console_log.quiet_third_party)."""
+    libraries' warnings about what sslseg does on purpose are silenced (sslseg.run.console.quiet_third_party)."""
     quiet_third_party()
 
 
@@ -171,7 +171,7 @@ def fit(cfg: DictConfig, cls: type[SemiSegModule], out_dir: Path, ckpt_path: str
         callbacks.append(HandOver(handover))
     checkpoint = next((c for c in callbacks if isinstance(c, RunCheckpoints)), None)
     if checkpoint is None:
-        raise UserError("callbacks.checkpoint: sslseg needs an sslseg.checkpoint.RunCheckpoints callback "
+        raise UserError("callbacks.checkpoint: sslseg needs an sslseg.run.checkpoint.RunCheckpoints callback "
                         "(its best.ckpt is evaluated, resumed and loaded by eval.py)")
     checkpoint.count_time_from(started)
     kwargs = trainer_kwargs(cfg, say=True)

@@ -1,0 +1,1 @@
+"""Speed: the step benchmark (make bench) and the GPU check (make gpu-check)."""
