@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from sslseg import gpu_check
+from sslseg.perf import gpu_check
 from tests.conftest import ROOT
 
 

@@ -186,7 +186,7 @@ def test_custom_data_on_a_cpu_says_which_network_and_how_to_pick_a_small_one(mon
 
 
 def test_remove_refused_run_dir_keeps_what_is_not_its_own(tmp_path, monkeypatch):
-    from sslseg import config_checks
+    from sslseg.run import config_checks
 
     out = tmp_path / "out"
     run_dir = out / "daw" / "toy_16" / "now"
