@@ -60,13 +60,14 @@ def test_the_method_owns_the_feature_dropout_rate(method, copies):
     clean features (eval mode, so that BN does not see the duplicated batch), at 0.5 it does not."""
     module, batch = _module(method, "method.feature_dropout=0.0")
     module.eval()
-    x, weak = batch["labeled"]["image"], batch["unlabeled"]["weak"]
+    x, weak, strong = batch["labeled"]["image"], batch["unlabeled"]["weak"], (batch["unlabeled"]["strong1"],)
     with torch.no_grad():
-        _, pred_w, fps = module.forward_weak(x, weak, perturb=copies)
-        assert len(fps) == copies and all(torch.allclose(fp, pred_w, atol=1e-5) for fp in fps)
+        logits = module.student_logits(x, weak, strong)
+        assert len(logits.perturbed) == copies
+        assert all(torch.allclose(fp, logits.weak, atol=1e-5) for fp in logits.perturbed)
         module.cfg.method.feature_dropout = 0.5
-        _, pred_w, fps = module.forward_weak(x, weak, perturb=copies)
-        assert not any(torch.allclose(fp, pred_w, atol=1e-3) for fp in fps)
+        logits = module.student_logits(x, weak, strong)
+        assert not any(torch.allclose(fp, logits.weak, atol=1e-3) for fp in logits.perturbed)
 
 
 @pytest.mark.parametrize("source,order", [("batch", [2, 0, 1]), ("flip", [2, 1, 0])])
