@@ -79,6 +79,8 @@ TYPED_OPTIONS = (
     ("split", _split, "a split folder name (92, 1_16, ...)"),
     ("callbacks.checkpoint.every_n_steps", _int_at_least(0), "an integer ≥ 0 (0: at epoch ends only)"),
     ("dataset.crop_size", _positive_int, "a positive integer (pixels)"),
+    ("dataset.eval.multiplier", lambda v: v in (None, "auto") or _positive_int(v),
+     "auto (a ViT's patch size), null or a positive integer"),
     # The methods' numeric options (a key a method does not have is skipped; `*`: every entry of that mapping).
     ("method.conf_thresh", _threshold, "a confidence in [0, 1), or null: at 1 or above no pixel passes"),
     ("method.loss_weights.*", _non_negative, "a number ≥ 0"),

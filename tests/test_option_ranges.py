@@ -26,6 +26,8 @@ from tests.conftest import ROOT, compose_cfg
     (["trainer.max_steps=0"], "trainer.max_steps=0: expected an integer ≥ 1, or -1 for no limit"),
     (["dataset.crop_size=0"], "dataset.crop_size=0: expected a positive integer (pixels)"),
     (["dataset.crop_size=abc"], "dataset.crop_size=abc: expected a positive integer (pixels)"),
+    (["dataset.eval.multiplier=0"],
+     "dataset.eval.multiplier=0: expected auto (a ViT's patch size), null or a positive integer"),
 ])
 def test_a_value_out_of_range_is_one_line(overrides, message):
     with pytest.raises(UserError) as caught:
@@ -42,7 +44,8 @@ def test_the_threshold_range_holds_its_edges():
 @pytest.mark.parametrize("method", sorted(p.stem for p in (ROOT / "conf" / "method").glob("*.yaml")))
 def test_every_shipped_recipe_and_default_passes(method):
     recipes = {p.stem for p in (ROOT / "conf" / "recipe").glob(f"{method}_*.yaml")}
-    datasets = {"toy"} | {r.removeprefix(f"{method}_").split("_")[0] for r in recipes}
+    known = {p.stem for p in (ROOT / "conf" / "dataset").glob("*.yaml")}  # unimatch_* also matches unimatch_v2_*
+    datasets = {"toy"} | {r.removeprefix(f"{method}_").split("_")[0] for r in recipes} & known
     for dataset in sorted(datasets):
         check_config(compose_cfg([f"method={method}", f"dataset={dataset}"]))
 
