@@ -137,7 +137,25 @@ def check_config(cfg: DictConfig) -> None:
             continue
         if not valid(value):
             raise UserError(f"{key}={value}: expected {expected}")
+    check_crop_fits_backbone(cfg)
     check_split(cfg)
+
+
+def check_crop_fits_backbone(cfg: DictConfig) -> None:
+    """A ViT reads sides that are multiples of its patch size. A dataset's default crop is rounded to one
+    (conf/dataset/*.yaml); a crop set to anything else (a recipe's, the command line's) is one line naming the
+    nearest multiples. eval.py (no `method`) rebuilds the network from the checkpoint: not checked there."""
+    if "method" not in cfg:
+        return
+    from sslseg.models.backbones import nearest_multiple, patch_size_of
+
+    name = OmegaConf.select(cfg, "backbone.name", default=None)
+    patch, crop = patch_size_of(name), OmegaConf.select(cfg, "dataset.crop_size", default=None)
+    if patch and isinstance(crop, int) and crop % patch:
+        nearest = nearest_multiple(crop, patch)
+        other = nearest - patch if nearest > crop else nearest + patch
+        raise UserError(f"dataset.crop_size={crop}: backbone {name} reads sides that are multiples of its patch size "
+                        f"{patch}: set dataset.crop_size={nearest} (or {other})")
 
 
 def check_overrides(cfg: DictConfig) -> None:

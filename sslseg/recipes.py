@@ -57,7 +57,12 @@ def group_choice(group: str, fallback: str, method: str, dataset: str, variant: 
 
 
 def register_resolvers() -> None:
-    """`sslseg.recipe` and `sslseg.recipe_group`, used by conf/train.yaml's defaults list."""
+    """`sslseg.recipe` and `sslseg.recipe_group`, used by conf/train.yaml's defaults list; `sslseg.patch_multiple`,
+    the dataset configs' default crop fitted to a ViT backbone's patch size."""
+    from sslseg.models.backbones import crop_for_backbone
+
+    if not OmegaConf.has_resolver("sslseg.patch_multiple"):
+        OmegaConf.register_new_resolver("sslseg.patch_multiple", crop_for_backbone)
     if not OmegaConf.has_resolver("sslseg.recipe"):
         OmegaConf.register_new_resolver("sslseg.recipe", lambda m, d, v=PUBLISHED: recipe_name(str(m), str(d), str(v)))
     if not OmegaConf.has_resolver("sslseg.recipe_group"):
