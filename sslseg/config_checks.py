@@ -95,6 +95,7 @@ TYPED_OPTIONS = (
     ("method.sigma_pos_scale", _number_in(0, float("inf"), low_open=True), "a positive number"),
     ("method.class_aware.ratio", _number_in(0, 1, low_open=True), "a number in (0, 1]"),  # DSSN
     ("method.class_aware.min_confidence", _threshold, "a confidence in [0, 1): at 1 or above no class passes"),
+    ("method.kept_pairs", _number_in(0, 1), "a share in [0, 1]"),  # UniMatch V2
     ("method.cutmix_p", _number_in(0, 1), "a probability in [0, 1]"),  # DDFP
     ("method.eps", _non_negative, "a number ≥ 0"),
     ("method.sup_only_epochs", _int_at_least(0), "an integer ≥ 0"),

@@ -71,7 +71,7 @@ class StudentLogits:
     """The student's logits of one step."""
 
     labeled: torch.Tensor
-    weak: torch.Tensor
+    weak: torch.Tensor | None  # None: no student pass on the weak view (UniMatch V2: the teacher's only)
     perturbed: tuple[torch.Tensor, ...]  # the weak view, decoded from each perturbed copy of the features
     strong: tuple[torch.Tensor, ...]  # the CutMixed strong views
 
