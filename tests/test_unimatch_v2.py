@@ -94,6 +94,29 @@ def test_loss_on_hand_computed_tensors():
     assert float(loss) == pytest.approx((0.7 + 2 * (l_s1 + l_s2) / 2) / 2)
 
 
+def test_adamw_groups_head_x40_and_weight_decay_on_every_trained_parameter():
+    """unimatch_v2.py: AdamW([backbone params with requires_grad at lr, every non-backbone param at lr x lr_multi],
+    betas (0.9, 0.999), weight_decay 0.01): norms, biases, LayerScale and embeddings decay too."""
+    from types import SimpleNamespace
+
+    module, cfg = _module("dataset=pascal", "variant=small", "backbone.pretrained=null")
+    module._trainer = SimpleNamespace(estimated_stepping_batches=100, num_training_batches=10)
+    optimizer = module.configure_optimizers()["optimizer"]
+    assert isinstance(optimizer, torch.optim.AdamW) and optimizer.defaults["betas"] == (0.9, 0.999)
+    backbone, head = optimizer.param_groups
+    assert backbone["lr"] == 5e-6 and head["lr"] == pytest.approx(2e-4)
+    assert backbone["weight_decay"] == head["weight_decay"] == 0.01
+    net = module.model
+    trained_backbone = [p for p in net.backbone.parameters() if p.requires_grad]
+    assert {id(p) for p in backbone["params"]} == {id(p) for p in trained_backbone}
+    assert {id(p) for p in head["params"]} == {id(p) for p in net.decoder.parameters()}
+    names = {id(p): n for n, p in net.named_parameters()}
+    decayed = {names[id(p)] for group in optimizer.param_groups for p in group["params"]}
+    assert {"backbone.norm.weight", "backbone.blocks.0.ls1.gamma", "backbone.cls_token", "backbone.pos_embed",
+            "decoder.classifier.bias"} <= decayed
+    assert "backbone.mask_token" not in decayed  # frozen: the release's AdamW never updates it (no gradient)
+
+
 def test_complementary_dropout_acts_on_the_strong_pass_only():
     module, cfg = _module()
     batch = synthetic_batch(module.data_streams(cfg.method), 2, 32, 6, torch.device("cpu"))
