@@ -14,8 +14,8 @@ import os
 import sys
 from pathlib import Path
 
-from tests.fingerprint_steps import METHODS, fit_steps
-from tests.test_method_contract import FULL_STEP
+from tests.fingerprint_steps import fit_steps
+from tests.test_method_contract import FULL_STEP, METHODS  # every conf/method/*.yaml
 
 DDP = ("trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2")
 

@@ -394,6 +394,53 @@ def test_methods_train_the_vit_dpt_pair_with_their_feature_perturbation(method):
     assert all(p.grad is not None for p in module.model.parameters() if p.requires_grad)
 
 
+@pytest.mark.parametrize("method", ["supervised", "fixmatch", "unimatch", "daw", "dssn", "dars", "pct"])
+def test_every_method_but_ddfp_trains_on_the_vit_dpt_pair(method, data_dir):
+    """Two real training steps (the first stage of DARS and PCT) on `backbone=vit_tiny model=dpt_tiny`: finite
+    losses, and a gradient on every trainable parameter of the student."""
+    from tests.fingerprint_steps import Losses, fit_steps
+
+    losses = Losses()
+    module, _ = fit_steps(method, data_dir, 2, overrides=("backbone=vit_tiny", "model=dpt_tiny"), callbacks=(losses,))
+    assert len(losses.losses) == 2 and all(math.isfinite(v) for v in losses.losses)
+    assert module.model.backbone.patch_size == 8 and type(module.model.decoder).__name__ == "DPT"
+
+
+def test_ddfp_on_a_vit_is_one_line():
+    """DDFP perturbs the features inside U2PL's DeepLabV3+ (its `method.network.decoder`), which reads a CNN's
+    stride-4 and stride-16 maps: no DPT, no ViT."""
+    from sslseg.methods import method_class
+    from tests.conftest import compose_cfg
+
+    cfg = compose_cfg(["method=ddfp", "backbone=dinov2_small", "model=dpt", "backbone.pretrained=null"])
+    with pytest.raises(UserError) as caught:
+        method_class(cfg)(cfg)
+    assert str(caught.value) == (
+        "method.network.decoder=u2pl_deeplabv3plus: this method trains its own decoder, a DeepLabV3+ that reads a "
+        "CNN's stride-4 and stride-16 features; backbone=dinov2_small is a ViT (patch 14): use a CNN backbone "
+        "(backbone=resnet101)")
+
+
+def test_daw_runs_on_dinov2_small_on_the_toy_set(data_dir):
+    """`python train.py method=daw backbone=dinov2_small model=dpt dataset=toy backbone.pretrained=null`, in this
+    process: the toy's 64 crop becomes 70 for 14-pixel patches (28 here, a smaller multiple, for the CPU), a few
+    steps train, and a 96 x 96 validation image is evaluated at 98 x 98 (dataset.eval.multiplier: auto)."""
+    from sslseg.run.cli import compose_config
+    from tests.fingerprint_steps import Losses, fit_steps
+
+    assert compose_config(["method=daw", "backbone=dinov2_small", "model=dpt"]).dataset.crop_size == 70
+    losses = Losses()
+    module, _ = fit_steps("daw", data_dir, 2, callbacks=(losses,), overrides=(
+        "backbone=dinov2_small", "model=dpt", "backbone.pretrained=null", "dataset.crop_size=28",
+        "data.batch_size=2"))
+    assert all(math.isfinite(v) for v in losses.losses)
+    seen = []
+    module.model.backbone.register_forward_pre_hook(lambda m, args: seen.append(tuple(args[0].shape[-2:])))
+    with torch.no_grad():
+        scores = module.eval().predict_scores(torch.randint(0, 256, (1, 3, 96, 96), dtype=torch.uint8))
+    assert scores.shape == (1, 6, 96, 96) and seen == [(98, 98)]
+
+
 def test_swiglu_width_is_dinov2s():
     assert swiglu_hidden(1536) == 4096
 

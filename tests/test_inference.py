@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from sslseg.errors import UserError
-from sslseg.predict.inference import _starts, _truncated_starts, predict, sliding_window_probs
+from sslseg.predict.inference import _starts, _truncated_starts, predict, predict_with, sliding_window_probs
 from sslseg.predict.metrics import confusion_matrix_metric, iou_from_confusion, mean_iou_all_classes
 
 
@@ -208,3 +208,73 @@ def test_base_size_resizes_the_long_side_as_semseg():
     seen.clear()
     predict(model, torch.randn(1, 3, 500, 300), "whole", num_classes=2, crop=64, base_size=400)
     assert seen == [(400, 240)]  # a portrait image: the height is the long side
+
+
+def _v2_original(model, image, multiplier):
+    """UniMatch V2's supervised.py evaluate, mode 'original' with a multiplier, restated."""
+    import torch.nn.functional as F
+
+    ori_h, ori_w = image.shape[-2:]
+    new_h, new_w = int(ori_h / multiplier + 0.5) * multiplier, int(ori_w / multiplier + 0.5) * multiplier
+    pred = model(F.interpolate(image, (new_h, new_w), mode="bilinear", align_corners=True))
+    return F.interpolate(pred, (ori_h, ori_w), mode="bilinear", align_corners=True)
+
+
+class _Patches(nn.Module):
+    """A model that, as a ViT, reads only sides that are multiples of its patch; it records the sizes it saw."""
+
+    def __init__(self, patch: int):
+        super().__init__()
+        self.patch, self.seen = patch, []
+        self.conv = nn.Conv2d(3, 5, 3, padding=1)
+
+    def forward(self, x):
+        assert x.shape[-2] % self.patch == 0 and x.shape[-1] % self.patch == 0, x.shape
+        self.seen.append(tuple(x.shape[-2:]))
+        return self.conv(x)
+
+
+def test_multiplier_is_unimatch_v2s_resize_to_multiples():
+    torch.manual_seed(0)
+    model, image = _Patches(14), torch.randn(2, 3, 40, 50)  # -> 42 x 56, logits back at 40 x 50
+    out = predict(model, image, "whole", num_classes=5, crop=518, multiplier=14)
+    assert model.seen == [(42, 56)] and out.shape == (2, 5, 40, 50)
+    torch.testing.assert_close(out, _v2_original(model, image, 14))
+    model.seen.clear()
+    exact = torch.randn(1, 3, 28, 70)  # multiples already: the input itself, unresized
+    torch.testing.assert_close(predict(model, exact, "whole", num_classes=5, crop=518, multiplier=14), model(exact))
+    assert model.seen == [(28, 70), (28, 70)]
+
+
+def test_multiplier_applies_to_every_forward_pass():
+    """Windows, scales and flips each run at multiples (a truncated border window, a 0.75 scale)."""
+    model, image = _Patches(8), torch.randn(1, 3, 44, 60)
+    predict(model, image, "sliding", num_classes=5, crop=32, window="truncated", multiplier=8)
+    assert all(h % 8 == 0 and w % 8 == 0 for h, w in model.seen) and (24, 16) in model.seen  # 23x18 -> 24x16
+    predict(model, image, "whole", num_classes=5, crop=32, scales=[0.75, 1.0], flip=True, multiplier=8)
+
+
+def test_multiplier_auto_is_the_backbones_patch_size():
+    model, image = _Patches(8), torch.randn(1, 3, 44, 60)
+    protocol = {"mode": "whole", "crop_size": 32, "multiplier": "auto"}
+    predict_with(model, image, 5, protocol, patch_size=8)
+    assert model.seen == [(48, 64)]
+    cnn = _pointwise_model()  # a CNN (no patch size): auto resizes nothing
+    torch.testing.assert_close(predict_with(cnn, image, 5, protocol), cnn(image))
+    torch.testing.assert_close(predict_with(cnn, image, 5, {"mode": "whole", "crop_size": 32}), cnn(image))
+    with pytest.raises(UserError, match="dataset.eval.multiplier must be auto, null or a positive integer, got 0"):
+        predict_with(cnn, image, 5, {"mode": "whole", "crop_size": 32, "multiplier": 0})
+    with pytest.raises(AssertionError):  # without the multiplier the ViT-like model refuses 44 x 60
+        predict_with(model, image, 5, {"mode": "whole", "crop_size": 32, "multiplier": None}, patch_size=8)
+
+
+def test_a_vit_module_evaluates_any_image_size_through_auto():
+    from sslseg.methods import method_class
+    from tests.conftest import compose_cfg
+
+    cfg = compose_cfg(["method=supervised", "backbone=vit_tiny", "model=dpt_tiny"])
+    module = method_class(cfg)(cfg).eval()
+    assert cfg.dataset.eval.multiplier == "auto" and module.patch_size() == 8
+    with torch.no_grad():
+        scores = module.predict_scores(torch.randint(0, 256, (1, 3, 44, 60), dtype=torch.uint8))
+    assert scores.shape == (1, 6, 44, 60)

@@ -70,6 +70,28 @@ def test_the_method_owns_the_feature_dropout_rate(method, copies):
         assert not any(torch.allclose(fp, logits.weak, atol=1e-3) for fp in logits.perturbed)
 
 
+@pytest.mark.parametrize("source,order", [("batch", [2, 0, 1]), ("flip", [2, 1, 0])])
+def test_in_batch_partners_are_the_batch_rolled_or_flipped(source, order):
+    """`method.mix_source=batch` mixes row i with row i - 1, `flip` (UniMatch V2) with row B - 1 - i: the strong
+    views, the padding masks and the weak view's probabilities alike (a batch of 3 tells the two apart)."""
+    cfg = compose_cfg(["method=fixmatch", f"method.mix_source={source}"])
+    module = method_class(cfg)(cfg)
+    batch = synthetic_batch(module.data_streams(cfg.method), 3, CROP, K, torch.device("cpu"))
+    u = batch["unlabeled"]
+    u["ignore"][0, :4] = 255  # row 0 padded: its padding must reach the row it partners
+    partners = module.partners(batch)
+    for view in ("strong1", "strong2", "ignore"):
+        assert torch.equal(getattr(partners, view), u[view][order])
+    assert partners.probs is None and module.data_streams(cfg.method) == ("labeled", "unlabeled")
+    seen = {}
+    original = module.pseudo_targets
+    module.pseudo_targets = lambda logits, y, probs_w, ignore, p: seen.update(probs=probs_w, partner=p.probs) or \
+        original(logits, y, probs_w, ignore, p)
+    module.train()
+    module.training_step(batch, 0)
+    assert torch.equal(seen["partner"], seen["probs"][order])
+
+
 def test_partner_pass_runs_in_eval_mode_and_restores_train_mode():
     module, batch = _module("unimatch")
     modes = []

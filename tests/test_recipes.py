@@ -15,15 +15,27 @@ from sslseg.errors import UserError
 from tests.conftest import compose_cfg
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
-RECIPES = sorted(p.stem for p in (CONF / "recipe").glob("*.yaml") if not p.stem.startswith("default_"))
+# Published recipes: the files with a `recipe:` section. The others are runs no paper published: the datasets'
+# defaults (default_<dataset>.yaml) and a method's own run on a dataset (unimatch_v2_toy.yaml: the tiny ViT).
+RECIPES = sorted(p.stem for p in (CONF / "recipe").glob("*.yaml")
+                 if not p.stem.startswith("default_") and "recipe" in OmegaConf.load(p))
+UNPUBLISHED = sorted(p.stem for p in (CONF / "recipe").glob("*.yaml") if p.stem not in RECIPES)
 METHODS = sorted(p.stem for p in (CONF / "method").glob("*.yaml"))
 DATASETS = sorted(p.stem for p in (CONF / "dataset").glob("*.yaml"))
 
 
+def split_name(name: str) -> tuple[str, str, str | None]:
+    """`dars_cityscapes_crop361` -> (dars, cityscapes, crop361); `unimatch_v2_pascal_small` -> (unimatch_v2, pascal,
+    small): the longest method name that prefixes it (method names may hold underscores)."""
+    method = max((m for m in [*METHODS, name.split("_")[0]] if name.startswith(m + "_")), key=len)
+    dataset, _, variant = name[len(method) + 1:].partition("_")
+    return method, dataset, variant or None
+
+
 def recipe_overrides(name: str) -> list[str]:
     """`dars_cityscapes_crop361` -> method=dars dataset=cityscapes variant=crop361."""
-    method, dataset, *variant = name.split("_", 2)
-    return [f"method={method}", f"dataset={dataset}"] + ([f"variant={variant[0]}"] if variant else [])
+    method, dataset, variant = split_name(name)
+    return [f"method={method}", f"dataset={dataset}"] + ([f"variant={variant}"] if variant else [])
 
 
 def compose_recipe(name: str, *more: str):
@@ -148,6 +160,54 @@ REFERENCE["ddfp_cityscapes"] = [  # no release config (its issue #6): train_ddfp
     ("trainer.precision", "16-mixed", "Gavinwxy/DDFP train_ddfp_city.py"), ("validation.every_n_epochs", 4,
     "Gavinwxy/DDFP train_ddfp_city.py"), ("data.global_batch_size", 8, UNIMATCH_README)]
 
+V2 = "LiheYoung/UniMatch-V2 configs/{}.yaml"
+V2_CODE = ("LiheYoung/UniMatch-V2 unimatch_v2.py (AdamW betas (0.9, 0.999), weight_decay 0.01, head at lr x lr_multi, "
+           "poly 0.9 set after each step, EMA min(1 - 1/(i+1), 0.996), flip(0) partners, both networks validated, "
+           "fp32)")
+V2_LOGS = "LiheYoung/UniMatch-V2 training-logs (ngpus 4, lock_backbone False)"
+
+
+def _unimatch_v2(dataset: str, crop: int, epochs: int, per_gpu: int, split: str, criterion: dict,
+                 size: str = "base") -> list[tuple]:
+    cfg_file = V2.format(dataset)
+    rows = [
+        ("dataset.crop_size", crop, cfg_file), ("dataset.epochs", epochs, cfg_file), ("split", split, V2_LOGS),
+        ("data.global_batch_size", per_gpu * 4, cfg_file + " batch_size per GPU x " + V2_LOGS),
+        ("optim._target_", "torch.optim.AdamW", V2_CODE), ("optim.lr", 5e-6, cfg_file),
+        ("optim.lr_mult.head", 40.0, cfg_file + " lr_multi"), ("optim.lr_mult.backbone", 1.0, V2_CODE),
+        ("optim.betas", [0.9, 0.999], V2_CODE), ("optim.weight_decay", 0.01, V2_CODE),
+        ("optim.poly_power", 0.9, V2_CODE), ("method.poly_lag", 1, V2_CODE), ("criterion", criterion, cfg_file),
+        ("method.conf_thresh", 0.95, cfg_file), ("method.mix_source", "flip", V2_CODE),
+        ("method.teacher.schedule", "ramp", V2_CODE), ("method.teacher.decay", 0.996, V2_CODE),
+        ("method.teacher.train_mode_epochs", 0, V2_CODE + " (model_ema.eval())"), ("method.kept_pairs", 0.5,
+        "LiheYoung/UniMatch-V2 model/semseg/dpt.py (num_kept = int(bs // 2 * (1 - 0.5)))"),
+        ("method.loss_weights", {"x": 1.0, "s": 1.0}, V2_CODE + " ((loss_x + loss_u_s) / 2)"),
+        ("method.evaluate", "both", V2_CODE), ("backbone.name", f"dinov2_{size}", V2_LOGS + " backbone"),
+        ("backbone.frozen", False, V2_LOGS), ("model.name", "dpt", cfg_file), ("model.features", None,
+        "DPT's width from the encoder: LiheYoung/UniMatch-V2 unimatch_v2.py model_configs"),
+        ("trainer.precision", "32-true", V2_CODE), ("validation.every_n_epochs", 1, V2_CODE),
+        ("recipe.reported", "best", V2_CODE + " (previous_best, previous_best_ema)"),
+        ("dataset.eval.mode", "sliding" if dataset == "cityscapes" else "whole",
+         "LiheYoung/UniMatch-V2 unimatch_v2.py eval_mode"),
+    ]
+    if dataset == "cityscapes":
+        rows += [("dataset.eval.crop_size", 798, "supervised.py evaluate: grid = crop_size"),
+                 ("dataset.eval.stride_ratio", 0.6667, "supervised.py: int(grid * 2 / 3)"),
+                 ("dataset.eval.window", "shifted", "supervised.py: col = min(col + stride, w - grid)")]
+    else:
+        rows.append(("dataset.eval.multiplier", 14, "LiheYoung/UniMatch-V2 unimatch_v2.py evaluate(multiplier=14)"))
+    return rows
+
+
+V2_RUNS = {"pascal": dict(crop=518, epochs=60, per_gpu=4, split="1464", criterion=CE),
+           "cityscapes": dict(crop=798, epochs=180, per_gpu=2, split="1_16", criterion=OHEM_200K),
+           "coco": dict(crop=518, epochs=20, per_gpu=4, split="1_512", criterion=CE),
+           "ade20k": dict(crop=518, epochs=60, per_gpu=2, split="1_64", criterion=CE)}
+for _dataset, _run in V2_RUNS.items():
+    REFERENCE[f"unimatch_v2_{_dataset}"] = _unimatch_v2(_dataset, **_run)
+    for _size in ("small", "large"):
+        REFERENCE[f"unimatch_v2_{_dataset}_{_size}"] = _unimatch_v2(_dataset, **_run, size=_size)
+
 DARS_VOC = "CVMI-Lab/DARS config/voc2012/*psp50_voc_split1464_crop321*.yaml"
 DARS_CS713, DARS_CS713_4 = ("CVMI-Lab/DARS config/cityscapes/*psp50_cityscapes_split8_crop713*.yaml",
                             "CVMI-Lab/DARS config/cityscapes/*psp50_cityscapes_split4_crop713*.yaml")
@@ -235,7 +295,7 @@ def test_every_recipe_has_its_reference_values():
 @pytest.mark.parametrize("name", RECIPES)
 def test_recipe_composes_the_reference_values(name):
     cfg = compose_recipe(name)
-    assert cfg.recipe.name == name and cfg.method.name == name.split("_")[0]
+    assert cfg.recipe.name == name and cfg.method.name == split_name(name)[0]
     wrong = [f"{key}: {_value(cfg, key)!r}, the reference ({source}) {expected!r}"
              for key, expected, source in REFERENCE[name]
              if _value(cfg, key) != (OmegaConf.select(cfg, key) if "${" in str(expected) else expected)]
@@ -324,12 +384,12 @@ def _leaves(node, prefix: str = "") -> dict[str, object]:
 MARKER = "# overrides dataset"
 
 
-@pytest.mark.parametrize("name", RECIPES + [p.stem for p in (CONF / "recipe").glob("default_*.yaml")])
+@pytest.mark.parametrize("name", RECIPES + UNPUBLISHED)
 def test_no_key_is_set_by_both_the_dataset_config_and_the_recipe(name):
     """A key a recipe sets that its dataset config sets too must say why on that line (`# overrides dataset: ...`):
     otherwise the run's value would be written in two places."""
     path = CONF / "recipe" / f"{name}.yaml"
-    dataset = name.split("_")[1]
+    dataset = split_name(name)[1]
     recipe = OmegaConf.to_container(OmegaConf.load(path), resolve=False)
     recipe.pop("defaults", None)
     data = OmegaConf.to_container(OmegaConf.load(CONF / "dataset" / f"{dataset}.yaml"), resolve=False)
@@ -475,3 +535,33 @@ def test_cfg_job_of_the_mission_command_shows_daws_published_run():
     assert (cfg["dataset"]["crop_size"], cfg["data"]["global_batch_size"], cfg["optim"]["_target_"], cfg["optim"]["lr"],
             cfg["optim"]["lr_mult"]["head"], cfg["dataset"]["epochs"], cfg["trainer"]["precision"]) == (
         513, 8, "torch.optim.SGD", 0.001, 10.0, 80, "32-true")
+
+
+def test_cfg_job_shows_unimatch_v2s_published_pascal_run():
+    """`python train.py method=unimatch_v2 dataset=pascal split=92 --cfg job --resolve`: UniMatch-V2 configs/pascal.yaml
+    with DINOv2-B (its README's encoder) on 4 GPUs x 4, as its training-logs table01 run at 92 labels."""
+    import yaml
+
+    from tests.conftest import run_cli
+
+    run = run_cli("train.py", "method=unimatch_v2", "dataset=pascal", "split=92", "--cfg", "job", "--resolve")
+    assert run.returncode == 0, run.stderr[-2000:]
+    cfg = yaml.safe_load(run.stdout)
+    assert cfg["recipe"]["name"] == "unimatch_v2_pascal" and cfg["split"] == "92"
+    assert (cfg["backbone"]["name"], cfg["model"]["name"], cfg["dataset"]["crop_size"],
+            cfg["data"]["global_batch_size"], cfg["optim"]["_target_"], cfg["optim"]["lr"], cfg["optim"]["lr_mult"],
+            cfg["optim"]["betas"],
+            cfg["optim"]["weight_decay"], cfg["dataset"]["epochs"], cfg["method"]["conf_thresh"],
+            cfg["method"]["teacher"]["decay"], cfg["dataset"]["eval"]["multiplier"], cfg["trainer"]["precision"]) == (
+        "dinov2_base", "dpt", 518, 16, "torch.optim.AdamW", 5e-6, {"backbone": 1.0, "head": 40.0}, [0.9, 0.999], 0.01,
+        60, 0.95, 0.996, 14, "32-true")
+
+
+def test_unimatch_v2_variants_are_the_encoder_sizes():
+    from sslseg.run.recipes import check_variant, variants_of
+
+    assert variants_of("unimatch_v2", "pascal") == ["large", "small"]
+    assert variants_of("unimatch", "pascal") == ["blended"]  # unimatch_v2_* are not unimatch's variants
+    with pytest.raises(UserError, match="no such variant of recipe unimatch_pascal; its variants: blended"):
+        check_variant({"method": "unimatch", "dataset": "pascal", "variant": "small"})
+    assert compose_recipe("unimatch_v2_cityscapes_small").backbone.name == "dinov2_small"

@@ -3,6 +3,7 @@
     python -m sslseg.data.check data/pascal                      # layout, split lists, images, masks, weights
     python -m sslseg.data.check data/cityscapes --split 1_16 --backbones resnet101
     python -m sslseg.data.check /data/mine   # a dataset=custom folder (images/, masks/, classes.txt)
+    python -m sslseg.data.check data/ade20k --split 1_64 --backbones dinov2_base   # ADEChallengeData2016
 
 It names every problem in one line: a listed image or mask that is missing, a mask that is not single-channel class
 ids (or has labels outside 0..K-1 other than 255, or another size than its image), a split folder that is missing,
@@ -20,9 +21,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
-NUM_CLASSES = {"pascal": 21, "cityscapes": 19, "coco": 81, "toy": 6}
+NUM_CLASSES = {"pascal": 21, "cityscapes": 19, "coco": 81, "toy": 6, "ade20k": 150}
 # Folders that tell the layouts apart.
-MARKERS = (("pascal", "JPEGImages"), ("cityscapes", "leftImg8bit"), ("coco", "train2017"))
+MARKERS = (("pascal", "JPEGImages"), ("cityscapes", "leftImg8bit"), ("coco", "train2017"),
+           ("ade20k", "annotations"))
+# Layouts whose masks hold 0 = ignore and the classes from 1 (conf/dataset/<name>.yaml: reduce_zero_label).
+ZERO_IS_IGNORED = {"ade20k"}
+META_DINOV2 = "Meta's DINOv2 release (github.com/facebookresearch/dinov2, linked in docs/data.md)"
 # The weight file each backbone config reads from the weights folder, and where it comes from (docs/data.md).
 WEIGHTS = {
     "resnet101": ("resnet101.pth", "UniMatch's release, linked in docs/data.md"),
@@ -31,9 +36,12 @@ WEIGHTS = {
     "resnet50_psp": ("resnet50_v2.pth", "semseg's initmodel/, linked in docs/data.md"),
     "resnet101_deeplabv2": ("resnet101-5d3b4d8f.pth",
                             "https://download.pytorch.org/models/resnet101-5d3b4d8f.pth"),
+    "dinov2_small": ("dinov2_vits14_pretrain.pth", META_DINOV2),
+    "dinov2_base": ("dinov2_vitb14_pretrain.pth", META_DINOV2),
+    "dinov2_large": ("dinov2_vitl14_pretrain.pth", META_DINOV2),
 }
 DEFAULT_BACKBONES = {"pascal": ["resnet101"], "cityscapes": ["resnet101"], "custom": ["resnet101"],
-                     "coco": ["xception65"], "toy": []}
+                     "coco": ["xception65"], "toy": [], "ade20k": ["dinov2_base"]}
 SHOWN_PER_KIND = 10  # lines of one kind of problem before "... and N more"
 
 
@@ -66,8 +74,10 @@ def detect_layout(root: Path) -> str | None:
     return None
 
 
-def check_mask(mask_path: Path, image_path: Path | None, num_classes: int | None, report: Report) -> None:
-    """Single-channel class ids (PNG mode P, L, I or I;16), labels in 0..K-1 or 255, the image's size."""
+def check_mask(mask_path: Path, image_path: Path | None, num_classes: int | None, report: Report,
+               zero_is_ignored: bool = False) -> None:
+    """Single-channel class ids (PNG mode P, L, I or I;16), labels in 0..K-1 or 255 (`zero_is_ignored`, ADE20K's
+    official masks: 0..K, 0 = ignore, no 255), the image's size."""
     import numpy as np
     from PIL import Image
 
@@ -82,7 +92,12 @@ def check_mask(mask_path: Path, image_path: Path | None, num_classes: int | None
     except OSError as exc:
         report.add("unreadable mask", f"unreadable mask: {mask_path} ({exc.__class__.__name__})")
         return
-    if num_classes is not None:
+    if num_classes is not None and zero_is_ignored:
+        bad = np.unique(mask[mask > num_classes])
+        if bad.size:
+            report.add("wrong mask labels", f"wrong mask labels: {mask_path} has {bad[:5].tolist()} outside "
+                       f"0..{num_classes} (0 = ignore: dataset.reduce_zero_label; 255: a mask reduced already)")
+    elif num_classes is not None:
         bad = np.unique(mask[(mask >= num_classes) & (mask != 255)])
         if bad.size:
             report.add("wrong mask labels", f"wrong mask labels: {mask_path} has {bad[:5].tolist()} outside "
@@ -100,7 +115,7 @@ def check_mask(mask_path: Path, image_path: Path | None, num_classes: int | None
 
 
 def check_lists(root: Path, splits_dir: Path, split: str | None, num_classes: int | None, report: Report,
-                limit: int | None) -> None:
+                limit: int | None, zero_is_ignored: bool = False) -> None:
     from sslseg.data.splits import available_splits, read_split_file
     from sslseg.errors import UserError
 
@@ -134,7 +149,7 @@ def check_lists(root: Path, splits_dir: Path, split: str | None, num_classes: in
                     report.add("missing mask", f"missing mask: {mask} (listed in {path})")
                 elif mask not in masks_seen:
                     masks_seen.add(mask)
-                    check_mask(mask, image, num_classes, report)
+                    check_mask(mask, image, num_classes, report, zero_is_ignored)
 
 
 def check_weights(folder: Path, backbones: list[str], report: Report) -> None:
@@ -191,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
     dataset = args.dataset or detect_layout(args.root)
     if dataset is None:
         print(f"error: {args.root} has none of JPEGImages/ (pascal), leftImg8bit/ (cityscapes), train2017/ (coco), "
-              "images/ + classes.txt (custom): set --dataset", file=sys.stderr)
+              "annotations/ (ade20k), images/ + classes.txt (custom): set --dataset", file=sys.stderr)
         return 2
     num_classes = args.num_classes or NUM_CLASSES.get(dataset)
     report = Report()
@@ -204,7 +219,7 @@ def main(argv: list[str] | None = None) -> int:
     splits_dir = args.splits or (args.root / "splits" if dataset in ("custom", "toy") else REPO / "splits" / dataset)
     print(f"checking {args.root} as dataset={dataset} ({num_classes} classes), split lists {splits_dir}, "
           f"weights {args.weights}")
-    check_lists(args.root, splits_dir, args.split, num_classes, report, args.limit)
+    check_lists(args.root, splits_dir, args.split, num_classes, report, args.limit, dataset in ZERO_IS_IGNORED)
     if args.backbones in (None, ""):
         backbones = DEFAULT_BACKBONES.get(dataset, [])
     elif args.backbones == "all":

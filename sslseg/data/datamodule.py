@@ -119,9 +119,10 @@ class SemiSegDataModule(pl.LightningDataModule):
         if training and self.split is None:  # dataset=custom leaves it open when its splits folder has several
             raise no_split_chosen(self.splits_dir)
         num_classes = int(self.dataset_cfg.num_classes)
+        zero_is_ignored = bool(self.dataset_cfg.get("reduce_zero_label", False))  # ADE20K's masks (not pseudo-labels)
         val_samples = read_split_file(val_list, need_masks=True)
         check_files_exist(val_samples, self.root, val_list, with_masks=True)
-        self.val_set = EvalDataset(self.root, val_samples, num_classes)
+        self.val_set = EvalDataset(self.root, val_samples, num_classes, zero_is_ignored)
         if not training:
             return
 
@@ -146,11 +147,12 @@ class SemiSegDataModule(pl.LightningDataModule):
         tags = self._tags(labeled + unlabeled) if "tagged" in self.streams else None
         self.train_sets["labeled"] = LabeledDataset(self.root, labeled, num_classes, crop, scales, length=epoch_length,
                                                     seed=seed("labeled"), geometric_aug=geometric_aug,
-                                                    tags=None if tags is None else tags[: len(labeled)])
+                                                    tags=None if tags is None else tags[: len(labeled)],
+                                                    zero_is_ignored=zero_is_ignored)
         if "tagged" in self.streams:
             self.train_sets["tagged"] = TaggedDataset(self.root, labeled + unlabeled, tags,
                                                       [True] * len(labeled) + [False] * len(unlabeled), num_classes,
-                                                      crop, seed=seed("tagged"))
+                                                      crop, seed=seed("tagged"), zero_is_ignored=zero_is_ignored)
         strong_aug = OmegaConf.to_container(self.data_cfg.strong_aug)
         for name in ("unlabeled", "mix"):
             if name in self.streams:

@@ -61,12 +61,14 @@ class LabeledDataset(_Augmented):
     """Labeled crops. `length` repeats the list (UniMatch: to the unlabeled length, so that one
     epoch is one pass over the unlabeled data). `mask_root`: where the masks' paths start, when not
     the images' root (pseudo-labels written into a run directory). `geometric_aug`: extra keyword
-    arguments of `geometric_transform` (rotation, blur, padding)."""
+    arguments of `geometric_transform` (rotation, blur, padding). `zero_is_ignored`: the masks hold 0 = ignore and
+    classes from 1 (ADE20K's, `dataset.reduce_zero_label`)."""
 
     def __init__(self, root, samples, num_classes: int, crop_size: int, scale_range=(0.5, 2.0),
                  length: int | None = None, seed: int = 0, mask_root: str | Path | None = None,
-                 geometric_aug: dict | None = None, tags: list[np.ndarray] | None = None):
-        self.num_classes = num_classes
+                 geometric_aug: dict | None = None, tags: list[np.ndarray] | None = None,
+                 zero_is_ignored: bool = False):
+        self.num_classes, self.zero_is_ignored = num_classes, zero_is_ignored
         self.tags = tags
         self.mask_root = Path(mask_root or root)
         self.geometric = geometric_transform(crop_size, tuple(scale_range), mask_fill=IGNORE_INDEX,
@@ -85,7 +87,8 @@ class LabeledDataset(_Augmented):
     def __getitem__(self, key: Key) -> dict:
         i, _ = self._start(key)
         sample = self.samples[self.index[i]]
-        image, mask = read_pair(self.root / sample.image, self.mask_root / sample.mask, self.num_classes)
+        image, mask = read_pair(self.root / sample.image, self.mask_root / sample.mask, self.num_classes,
+                                self.zero_is_ignored)
         out = self.geometric(image=image, mask=mask)
         item = {"image": _to_chw(out["image"]), "mask": torch.from_numpy(out["mask"]).long()}
         if self.tags is not None:
@@ -135,8 +138,9 @@ class TaggedDataset(_Augmented):
     truth for the images that have one in the labeled list (`has_mask`), 255 elsewhere."""
 
     def __init__(self, root, samples, tags: list[np.ndarray], has_mask: list[bool], num_classes: int,
-                 crop_size: int, seed: int = 0):
+                 crop_size: int, seed: int = 0, zero_is_ignored: bool = False):
         self.num_classes, self.tags, self.has_mask = num_classes, tags, has_mask
+        self.zero_is_ignored = zero_is_ignored
         # padding placed at random, as the release's RandomCrop (albumentations centres it by default)
         self.crop = A.Compose([A.RandomCrop(crop_size, crop_size, pad_if_needed=True, pad_position="random",
                                             border_mode=cv2.BORDER_CONSTANT, fill=MEAN_COLOUR,
@@ -153,7 +157,8 @@ class TaggedDataset(_Augmented):
         i, _ = self._start(key)
         sample = self.samples[i]
         if self.has_mask[i]:
-            image, mask = read_pair(self.root / sample.image, self.root / sample.mask, self.num_classes)
+            image, mask = read_pair(self.root / sample.image, self.root / sample.mask, self.num_classes,
+                                    self.zero_is_ignored)
         else:
             image = read_image(self.root / sample.image)
             mask = np.full(image.shape[:2], IGNORE_INDEX, dtype=np.uint8)
@@ -165,17 +170,18 @@ class TaggedDataset(_Augmented):
 class EvalDataset(Dataset):
     """Whole images and masks, no augmentation."""
 
-    def __init__(self, root, samples, num_classes: int):
+    def __init__(self, root, samples, num_classes: int, zero_is_ignored: bool = False):
         self.root = Path(root)
         self.samples = samples
-        self.num_classes = num_classes
+        self.num_classes, self.zero_is_ignored = num_classes, zero_is_ignored
 
     def __len__(self) -> int:
         return len(self.samples)
 
     def __getitem__(self, i: int) -> dict:
         sample = self.samples[i]
-        image, mask = read_pair(self.root / sample.image, self.root / sample.mask, self.num_classes)
+        image, mask = read_pair(self.root / sample.image, self.root / sample.mask, self.num_classes,
+                                self.zero_is_ignored)
         return {"image": _to_chw(image), "mask": torch.from_numpy(mask).long(), "index": i}
 
 

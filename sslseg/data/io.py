@@ -53,8 +53,20 @@ def read_image(path: str | Path) -> np.ndarray:
     return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
 
 
-def read_mask(path: str | Path, num_classes: int) -> np.ndarray:
-    """Class-index mask (H, W) uint8; 255 = ignore. Palette PNGs give their indices (not colours)."""
+def reduce_zero_label(mask: np.ndarray, path: str | Path) -> np.ndarray:
+    """ADE20K's official annotations (0 = "other", classes 1..150) as class ids: c -> c - 1, 0 -> 255 (ignore), as
+    mmsegmentation's `reduce_zero_label` and UniMatch V2's preprocessed masks have them. A mask that holds 255
+    already is such a preprocessed mask: reducing it again would shift every class, so it is refused."""
+    if (mask == IGNORE_INDEX).any():
+        raise UserError(f"mask holds {IGNORE_INDEX} although dataset.reduce_zero_label is on (official ADE20K masks "
+                        f"hold 0..150): a mask reduced already (UniMatch V2's annotations)? set "
+                        f"dataset.reduce_zero_label=false: {path}")
+    return (mask.astype(np.int32) - 1).astype(np.uint8)  # 0 - 1 wraps to 255
+
+
+def read_mask(path: str | Path, num_classes: int, zero_is_ignored: bool = False) -> np.ndarray:
+    """Class-index mask (H, W) uint8; 255 = ignore. Palette PNGs give their indices (not colours).
+    `zero_is_ignored`: the file holds 0 = ignore and classes from 1 (`reduce_zero_label`)."""
     try:
         with Image.open(path) as img:
             if img.mode not in ("P", "L", "I", "I;16"):
@@ -62,6 +74,8 @@ def read_mask(path: str | Path, num_classes: int) -> np.ndarray:
             mask = np.array(img)
     except (FileNotFoundError, OSError) as exc:
         raise UserError(f"cannot read mask: {path} ({exc.__class__.__name__})") from exc
+    if zero_is_ignored:
+        mask = reduce_zero_label(mask, path)
     if mask.max(initial=0) >= num_classes:
         bad = np.unique(mask[(mask >= num_classes) & (mask != IGNORE_INDEX)])
         if bad.size:
@@ -71,9 +85,10 @@ def read_mask(path: str | Path, num_classes: int) -> np.ndarray:
     return mask.astype(np.uint8, copy=False)  # 16-bit masks holding small ids are fine
 
 
-def read_pair(image_path: str | Path, mask_path: str | Path, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
+def read_pair(image_path: str | Path, mask_path: str | Path, num_classes: int,
+              zero_is_ignored: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """An image and its mask, which must be the same size (else every crop would misalign them)."""
-    image, mask = read_image(image_path), read_mask(mask_path, num_classes)
+    image, mask = read_image(image_path), read_mask(mask_path, num_classes, zero_is_ignored)
     if image.shape[:2] != mask.shape:
         raise UserError(f"mask {mask_path} is {mask.shape[1]}x{mask.shape[0]} but its image {image_path} is "
                         f"{image.shape[1]}x{image.shape[0]} (width x height)")

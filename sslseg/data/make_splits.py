@@ -4,6 +4,7 @@
     python -m sslseg.data.make_splits pascal /data/VOC2012 splits/pascal --first 92 183 366 732 1464
     python -m sslseg.data.make_splits cityscapes /data/cityscapes splits/cityscapes --fractions 1_16 1_8
     python -m sslseg.data.make_splits coco /data/coco splits/coco --fractions 1_512 1_256
+    python -m sslseg.data.make_splits ade20k /data/ADEChallengeData2016 splits/ade20k --fractions 1_64 1_32 1_16 1_8
     python -m sslseg.data.make_splits custom /data/mine --labeled 50 --val-fraction 0.2   # -> /data/mine/splits
 
 Layouts (paths relative to the dataset root, as in the lists):
@@ -18,13 +19,16 @@ Layouts (paths relative to the dataset root, as in the lists):
               gtFine/.../<name>_gtFine_labelTrainIds.png; labeled = a random fraction of train.
   coco        train2017/<id>.jpg, val2017/<id>.jpg, masks/<id>.png; unlabeled = train2017 minus
               the labeled images.
+  ade20k      ADEChallengeData2016: images/{training,validation}/<id>.jpg, annotations/{training,validation}/<id>.png;
+              labeled = a random fraction of training (the official masks, read with reduce_zero_label).
   custom      images/<name>.<jpg|png> and masks/<name>.png; val = a random --val-fraction of the images with
               a mask, labeled ones drawn from the rest of those (an image without a mask is unlabeled). The output
               folder defaults to <root>/splits, where `python train.py dataset=custom paths.data_root=<root>`
               looks (sslseg/data/custom.py).
 A fraction `1_16` means ceil(N/16) labeled images (this reproduces every published split size:
 Pascal 662/1323/2646, Cityscapes 186/372/744/1488 and 100 for 1_30, COCO 232/463/925/1849/3697);
-`--labeled N` gives counts instead.
+ADE20K's fractions give UniMatch V2's published sizes of its 20,210 training images (`PUBLISHED_SIZES`: 316, 631,
+1263, 2526, 5052, 10105 for 1_64 ... 1_2, which no single rounding rule gives); `--labeled N` gives counts instead.
 """
 
 from __future__ import annotations
@@ -94,7 +98,24 @@ def custom_pool(root: Path, val_fraction: float,
             sorted((s for s in annotated if s not in val), key=by_image))
 
 
-def count(name: str, pool_size: int) -> int:
+# Labeled counts a release published for a fraction of the full training set (layout -> {fraction: count}), where
+# ceil(N·a/b) differs: UniMatch-V2 splits/ade20k/<fraction>/labeled.txt (1/64 rounded up, the others down).
+PUBLISHED_SIZES = {"ade20k": {20210: {"1_64": 316, "1_32": 631, "1_16": 1263, "1_8": 2526, "1_4": 5052,
+                                      "1_2": 10105}}}
+
+
+def ade20k_pool(root: Path) -> tuple[list[Sample], list[Sample]]:
+    def listing(subset: str) -> list[Sample]:
+        return [Sample(f"images/{subset}/{p.name}", f"annotations/{subset}/{p.stem}.png")
+                for p in sorted(_require(root / "images" / subset).glob("*.jpg"))]
+
+    return listing("training"), listing("validation")
+
+
+def count(name: str, pool_size: int, layout: str | None = None) -> int:
+    published = PUBLISHED_SIZES.get(layout or "", {}).get(pool_size, {})
+    if name in published:
+        return published[name]
     if "_" in name:
         num, den = name.split("_")
         return math.ceil(pool_size * int(num) / int(den))
@@ -102,11 +123,11 @@ def count(name: str, pool_size: int) -> int:
 
 
 def write_splits(out: Path, pool: list[Sample], val: list[Sample], names: list[str], seed: int,
-                 candidates: list[Sample] | None = None) -> None:
+                 candidates: list[Sample] | None = None, layout: str | None = None) -> None:
     """Labeled = a seeded sample of `candidates` (default: the pool); unlabeled = pool - labeled."""
     candidates = candidates if candidates is not None else pool
     for name in names:
-        n = count(name, len(pool))
+        n = count(name, len(pool), layout)
         if not 0 < n <= len(candidates):
             raise UserError(f"split {name}: {n} labeled images requested, {len(candidates)} available")
         labeled = sorted(random.Random(f"{seed}-{name}").sample(candidates, n), key=lambda s: s.image)
@@ -137,7 +158,7 @@ def write_first_splits(out: Path, root: Path, pool: list[Sample], fine_ids: list
 @exit_on_user_error
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("layout", choices=["pascal", "cityscapes", "coco", "custom"])
+    parser.add_argument("layout", choices=["pascal", "cityscapes", "coco", "ade20k", "custom"])
     parser.add_argument("root", type=Path, help="dataset root")
     parser.add_argument("out", type=Path, nargs="?", default=None,
                         help="output folder, e.g. splits/pascal (custom: default <root>/splits)")
@@ -172,9 +193,11 @@ def main(argv: list[str] | None = None) -> None:
         pool, val = cityscapes_pool(root)
     elif args.layout == "coco":
         pool, val = coco_pool(root)
+    elif args.layout == "ade20k":
+        pool, val = ade20k_pool(root)
     else:
         pool, val, candidates = custom_pool(root, args.val_fraction, random.Random(args.seed))
-    write_splits(args.out, pool, val, drawn, args.seed, candidates)
+    write_splits(args.out, pool, val, drawn, args.seed, candidates, args.layout)
     names = drawn + [f"first_{n}" for n in args.first]
     print(f"wrote {', '.join(names)} and val.txt ({len(pool)} train / {len(val)} val images) to {args.out}")
     if args.layout == "custom":

@@ -89,7 +89,7 @@ def mask_for_image(image: str, layout: str) -> str | None:
 
 
 def image_tags(samples: Sequence[Sample], root: str | Path, num_classes: int, layout: str,
-               tags_file: str | Path | None = None) -> list[np.ndarray]:
+               tags_file: str | Path | None = None, zero_is_ignored: bool = False) -> list[np.ndarray]:
     """(K,) bool tags for every sample, in order. Per image, the first source that has it: the tag
     file's line (it wins over any mask), the sample's own mask, the mask the layout implies
     (`mask_for_image`) when that file exists under `root`. An image with none of these is one
@@ -111,7 +111,7 @@ def image_tags(samples: Sequence[Sample], root: str | Path, num_classes: int, la
             listed = f"not in the tag file {tags_file}" if tags_file is not None else "no tag file"
             raise UserError(f"no image-level tags for {sample.image}: {listed}, {looked} "
                             f"(set dataset.tags_file to a tag file that lists it, or give it a mask)")
-        out.append(tags_from_mask(read_mask(root / mask, num_classes), num_classes))
+        out.append(tags_from_mask(read_mask(root / mask, num_classes, zero_is_ignored), num_classes))
     return out
 
 
@@ -119,4 +119,5 @@ def dataset_tags(samples: Sequence[Sample], root: str | Path, dataset_cfg) -> li
     """`image_tags` with a dataset config's class count, layout and `tags_file`."""
     tags_file = dataset_cfg.get("tags_file")
     return image_tags(samples, root, int(dataset_cfg.num_classes), dataset_cfg.get("layout", ""),
-                      tags_file=Path(tags_file) if tags_file else None)
+                      tags_file=Path(tags_file) if tags_file else None,
+                      zero_is_ignored=bool(dataset_cfg.get("reduce_zero_label", False)))

@@ -74,7 +74,7 @@ class DARS(SemiSegModule):
         gen = self.cfg.method.generation
         x = self.normalize(batch["image"])
         with torch.autocast(device_type=x.device.type, enabled=False):  # fp32 logits, then the release's fp16
-            logits = predict_with(lambda t: self.model(t).logits, x, self.num_classes, gen)
+            logits = predict_with(lambda t: self.model(t).logits, x, self.num_classes, gen, self.patch_size())
         probs = logits.half().softmax(1) if gen.fp16_softmax else logits.float().softmax(1)
         conf, label = probs.max(1)
         return label.to(torch.uint8), conf.half()

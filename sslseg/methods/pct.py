@@ -193,7 +193,7 @@ class PCT(SemiSegModule):
         """HybridNet's pseudo-label: the generation protocol's averaged logits (multi-scale + flip), the
         class-aware softmax over the image's tags, argmax; (label uint8, confidence fp16)."""
         logits = predict_with(lambda t: self.model(t).logits, self.normalize(batch["image"]), self.num_classes,
-                              self.cfg.method.generation)
+                              self.cfg.method.generation, self.patch_size())
         conf, label = class_aware_log_probs(logits, batch["tags"]).exp().max(1)
         return label.to(torch.uint8), conf.half()
 

@@ -46,9 +46,13 @@ class NetworkValidation:
         """The network used for prediction: the one that scored best at the last validation."""
         return self.network(self.best_network)
 
+    def patch_size(self) -> int | None:
+        """The patch size of the student's backbone (a ViT), None for a CNN: `dataset.eval.multiplier: auto`."""
+        return getattr(self.model.backbone, "patch_size", None)
+
     def scores(self, model: nn.Module, x: torch.Tensor, batch: dict | None = None) -> torch.Tensor:
         """Class scores (B, K, H, W) of a normalised batch, with the dataset's evaluation protocol."""
-        return predict_with(lambda t: model(t).logits, x, self.num_classes, self.cfg.dataset.eval)
+        return predict_with(lambda t: model(t).logits, x, self.num_classes, self.cfg.dataset.eval, self.patch_size())
 
     def predict_scores(self, images: torch.Tensor) -> torch.Tensor:
         """Class scores for uint8 images from the inference network."""

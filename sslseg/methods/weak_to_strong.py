@@ -12,8 +12,11 @@ The labeller (`labeller`) is the student (its own weak-view logits; the partners
 the teacher. The partner images and their probabilities come, per `method.mix_source`, from:
   loader  a second unlabeled batch (other images, see SemiSegDataModule), labelled by the labeller: the reference
           algorithm, one extra forward pass;
-  batch   the current unlabeled batch rolled by one, reusing this step's weak probabilities (UniMatch-V2 style):
-          no extra forward pass and no extra data loading.
+  batch   the current unlabeled batch rolled by one (image i mixed with image i - 1), reusing this step's weak
+          probabilities: no extra forward pass and no extra data loading;
+  flip    the current unlabeled batch reversed (`flip(0)`: image i mixed with image B - 1 - i), reusing this step's
+          weak probabilities, as UniMatch V2 pairs them (its `img_u_s1.flip(0)`, `mask_u_w.flip(0)`, ...). With an
+          odd batch the middle image is its own partner.
 """
 
 from __future__ import annotations
@@ -28,7 +31,8 @@ from sslseg.methods.components import confidence, cutmix
 from sslseg.methods.selection import above_threshold
 from sslseg.models.perturbations import FeatureDropout
 
-MIX_SOURCES = ("loader", "batch")
+MIX_SOURCES = ("loader", "batch", "flip")
+IN_BATCH = {"batch": lambda t: t.roll(1, 0), "flip": lambda t: t.flip(0)}  # the partner of row i
 LABELLERS = ("student", "teacher")
 
 
@@ -67,7 +71,7 @@ class StudentLogits:
     """The student's logits of one step."""
 
     labeled: torch.Tensor
-    weak: torch.Tensor
+    weak: torch.Tensor | None  # None: no student pass on the weak view (UniMatch V2: the teacher's only)
     perturbed: tuple[torch.Tensor, ...]  # the weak view, decoded from each perturbed copy of the features
     strong: tuple[torch.Tensor, ...]  # the CutMixed strong views
 
@@ -104,7 +108,7 @@ class WeakToStrong(SemiSegModule):
 
     @classmethod
     def data_streams(cls, method_cfg) -> tuple[str, ...]:
-        if method_cfg.get("mix_source", "loader") == "batch":
+        if method_cfg.get("mix_source", "loader") in IN_BATCH:
             return ("labeled", "unlabeled")
         return ("labeled", "unlabeled", "mix")
 
@@ -126,8 +130,8 @@ class WeakToStrong(SemiSegModule):
 
         # 3. Pseudo-targets from the labeller, and the selection's statistics of the labeled batch.
         probs_w = self.label(u["weak"], logits.weak)
-        if partners.probs is None:  # the batch source: this step's weak probabilities, rolled
-            partners.probs = probs_w.roll(1, 0)
+        if partners.probs is None:  # an in-batch source: this step's weak probabilities, rolled or flipped
+            partners.probs = IN_BATCH[self.mix_source](probs_w)
         weak, partner = self.pseudo_targets(logits, y, probs_w, u["ignore"], partners)
         loss_x = self.criterion_l(logits.labeled, y)
         self.update_selection(logits, y)
@@ -175,10 +179,10 @@ class WeakToStrong(SemiSegModule):
     # -- the step's pieces ------------------------------------------------------------------------------
     def partners(self, batch: dict) -> Partners:
         """CutMix partners. With the loader source they are labelled now, before the student's passes (as the
-        references); with the batch source the step fills in this step's weak probabilities."""
-        if self.mix_source == "batch":
-            u = batch["unlabeled"]
-            return Partners(u["strong1"].roll(1, 0), u["strong2"].roll(1, 0), u["ignore"].roll(1, 0))
+        references); with an in-batch source (batch, flip) the step fills in this step's weak probabilities."""
+        if self.mix_source in IN_BATCH:
+            u, partner_of = batch["unlabeled"], IN_BATCH[self.mix_source]
+            return Partners(partner_of(u["strong1"]), partner_of(u["strong2"]), partner_of(u["ignore"]))
         mix = batch["mix"]
         return Partners(mix["strong1"], mix["strong2"], mix["ignore"], self.label(mix["weak"]))
 

@@ -104,6 +104,25 @@ def backbone_entry(name: str) -> BackboneEntry:
     return BACKBONES[name]
 
 
+def patch_size_of(name: str | None) -> int | None:
+    """The patch size of a registered ViT backbone; None for a CNN or a name not registered."""
+    entry = BACKBONES.get(str(name)) if name else None
+    return entry.patch_size if entry is not None else None
+
+
+def nearest_multiple(size: int, multiple: int) -> int:
+    """`size` rounded to the nearest multiple, as UniMatch V2 rounds its evaluation sizes: int(size/m + 0.5)·m, at
+    least m (UniMatch V2's crops 518 and 798 are UniMatch's 513 and 801 so rounded for 14-pixel patches)."""
+    return max(multiple, int(size / multiple + 0.5) * multiple)
+
+
+def crop_for_backbone(crop: int, name: str | None) -> int:
+    """A dataset's default crop for the backbone `name`: a ViT's nearest multiple of its patch size (the
+    `sslseg.patch_multiple` resolver of conf/dataset/*.yaml), a CNN's crop unchanged."""
+    patch = patch_size_of(name)
+    return nearest_multiple(int(crop), patch) if patch else int(crop)
+
+
 def build_backbone(name: str, **options: Any) -> nn.Module:
     return backbone_entry(name).build(**options)
 

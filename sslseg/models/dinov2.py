@@ -28,7 +28,7 @@ published DINOv2 weights by name (network access; cached by huggingface_hub), se
 Kept from the release although segmentation never reads it: `mask_token` (DINOv2's masked-image-modelling token),
 so that Meta's file loads strictly; it is frozen (requires_grad False: it would never get a gradient).
 
-Options: `frozen` (UniMatch V2's `lock_backbone`, its ADE20K setting: no encoder parameter trains),
+Options: `frozen` (UniMatch V2's `lock_backbone`, its table07 ablation: no encoder parameter trains),
 `checkpointing` (keep only each block's input and recompute the block in the backward pass: for L/G at large
 crops, activation memory for compute). Attention is timm's fused `scaled_dot_product_attention`; bf16 comes from
 the trainer's precision (`trainer.precision=bf16-mixed`, the default on GPU), the position embedding is resized in

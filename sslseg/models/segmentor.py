@@ -31,7 +31,8 @@ from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from sslseg.models.backbones import build_backbone_from_config
+from sslseg.errors import UserError
+from sslseg.models.backbones import build_backbone_from_config, patch_size_of
 from sslseg.models.perturbations import FeaturePerturbation
 from sslseg.models.pretrained import load_backbone_weights
 
@@ -117,6 +118,10 @@ def method_network(backbone_cfg: DictConfig, model_cfg: DictConfig, network: Dic
     pool). Returns (backbone config, model config)."""
     if not network:
         return backbone_cfg, model_cfg
+    if network.get("decoder") and patch_size_of(backbone_cfg.get("name")):
+        raise UserError(f"method.network.decoder={network.decoder}: this method trains its own decoder, a DeepLabV3+ "
+                        f"that reads a CNN's stride-4 and stride-16 features; backbone={backbone_cfg.name} is a ViT "
+                        f"(patch {patch_size_of(backbone_cfg.name)}): use a CNN backbone (backbone=resnet101)")
     if network.get("decoder") and network.decoder != model_cfg.name:
         decoder = OmegaConf.load(MODEL_DIR / f"{network.decoder}.yaml")
         for key in SIZE_KEYS:

@@ -30,6 +30,13 @@ and centre-crop return raw logits, sliding returns averaged probabilities (with 
 `base_size` (DARS's semseg protocol): the long side is resized to round(scale · base_size) instead of
 the image's own size times the scale (VOC: 400 with 321 windows; Cityscapes 2048 or 1024).
 
+`multiplier` (UniMatch V2's `evaluate(..., multiplier=14)`): every forward pass (the whole image, a window, a
+scale) runs on its input resized so that each side is the nearest multiple of the multiplier m
+(int(side / m + 0.5) · m, at least m), and its logits are resized back to the input's size, both bilinear with
+align_corners=True: a ViT reads sides that are multiples of its patch size. An input whose sides are multiples
+already runs unchanged (crop-size windows of a multiple crop). `auto` (every dataset's default): the backbone's
+patch size for a ViT, nothing for a CNN (the caller passes `patch_size`); null: never resized.
+
 Deliberate difference from the references: images and scores are resized with bilinear interpolation,
 align_corners=True, on the normalised tensor (DARS resizes the raw image with OpenCV).
 """
@@ -46,6 +53,7 @@ from sslseg.errors import UserError
 Logits = Callable[[torch.Tensor], torch.Tensor]
 
 MODES = ("whole", "center_crop", "sliding")
+AUTO = "auto"  # dataset.eval.multiplier: the backbone's patch size (a ViT), none (a CNN)
 WINDOWS = ("shifted", "truncated", "centred")
 AVERAGES = ("probs", "logits")
 
@@ -129,6 +137,35 @@ def _resize(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
                                                                       align_corners=True)
 
 
+def at_multiple(logits_fn: Logits, multiplier: int | None) -> Logits:
+    """`logits_fn` on its input resized to sides that are multiples of `multiplier`, logits resized back (UniMatch
+    V2's evaluation; module docstring). None or 1: `logits_fn` itself."""
+    if not multiplier or multiplier == 1:
+        return logits_fn
+    m = int(multiplier)
+
+    def run(x: torch.Tensor) -> torch.Tensor:
+        h, w = x.shape[-2:]
+        size = (max(m, int(h / m + 0.5) * m), max(m, int(w / m + 0.5) * m))
+        if size == (h, w):
+            return logits_fn(x)
+        return _resize(logits_fn(_resize(x, size)), (h, w))
+
+    return run
+
+
+def resolve_multiplier(value, patch_size: int | None) -> int | None:
+    """`dataset.eval.multiplier` as a number: `auto` is the backbone's patch size (None for a CNN); null is None.
+    Anything but auto, null or a positive integer is one UserError line."""
+    if value == AUTO:
+        return patch_size
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise UserError(f"dataset.eval.multiplier must be auto, null or a positive integer, got {value!r}")
+    return value
+
+
 def _scaled_size(h: int, w: int, scale: float, base_size: int | None) -> tuple[int, int]:
     """Relative to the image (round(s·H) x round(s·W)), or semseg's: the long side = round(s·base_size)."""
     if not base_size:
@@ -140,8 +177,9 @@ def _scaled_size(h: int, w: int, scale: float, base_size: int | None) -> tuple[i
 def predict(logits_fn: Logits, image: torch.Tensor, mode: str, num_classes: int, crop: int,
             stride_ratio: float = 2 / 3, window_batch: int = 8, *, window: str = "shifted",
             scales: Sequence[float] = (1.0,), flip: bool = False, average: str = "probs",
-            base_size: int | None = None) -> torch.Tensor:
+            base_size: int | None = None, multiplier: int | None = None) -> torch.Tensor:
     """Scores (B, K, H, W) whose argmax is the prediction, for a normalised image batch (module docstring)."""
+    logits_fn = at_multiple(logits_fn, resolve_multiplier(multiplier, None))
     if mode not in MODES:
         raise UserError(f"dataset.eval.mode must be whole, center_crop or sliding, got {mode!r}")
     if average not in AVERAGES:
@@ -180,14 +218,17 @@ def predict(logits_fn: Logits, image: torch.Tensor, mode: str, num_classes: int,
     return total / len(scales)
 
 
-def predict_with(logits_fn: Logits, image: torch.Tensor, num_classes: int, protocol) -> torch.Tensor:
+def predict_with(logits_fn: Logits, image: torch.Tensor, num_classes: int, protocol,
+                 patch_size: int | None = None) -> torch.Tensor:
     """`predict` with a protocol mapping (a dataset's `eval` section, DARS's `method.generation`):
-    mode, crop_size, stride_ratio, window_batch, window, scales, flip, average, base_size."""
+    mode, crop_size, stride_ratio, window_batch, window, scales, flip, average, base_size, multiplier (absent:
+    auto, resolved with the network's `patch_size`)."""
+    multiplier = resolve_multiplier(protocol.get("multiplier", AUTO), patch_size)
     return predict(logits_fn, image, protocol.get("mode", "whole"), num_classes, int(protocol["crop_size"]),
                    float(protocol.get("stride_ratio", 2 / 3)), int(protocol.get("window_batch", 4)),
                    window=protocol.get("window", "shifted"), scales=list(protocol.get("scales", [1.0])),
                    flip=bool(protocol.get("flip", False)), average=protocol.get("average", "probs"),
-                   base_size=protocol.get("base_size"))
+                   base_size=protocol.get("base_size"), multiplier=multiplier)
 
 
 def is_single_view(scales, flip, base_size) -> bool:

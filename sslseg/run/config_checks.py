@@ -79,6 +79,8 @@ TYPED_OPTIONS = (
     ("split", _split, "a split folder name (92, 1_16, ...)"),
     ("callbacks.checkpoint.every_n_steps", _int_at_least(0), "an integer ≥ 0 (0: at epoch ends only)"),
     ("dataset.crop_size", _positive_int, "a positive integer (pixels)"),
+    ("dataset.eval.multiplier", lambda v: v in (None, "auto") or _positive_int(v),
+     "auto (a ViT's patch size), null or a positive integer"),
     # The methods' numeric options (a key a method does not have is skipped; `*`: every entry of that mapping).
     ("method.conf_thresh", _threshold, "a confidence in [0, 1), or null: at 1 or above no pixel passes"),
     ("method.loss_weights.*", _non_negative, "a number ≥ 0"),
@@ -93,6 +95,7 @@ TYPED_OPTIONS = (
     ("method.sigma_pos_scale", _number_in(0, float("inf"), low_open=True), "a positive number"),
     ("method.class_aware.ratio", _number_in(0, 1, low_open=True), "a number in (0, 1]"),  # DSSN
     ("method.class_aware.min_confidence", _threshold, "a confidence in [0, 1): at 1 or above no class passes"),
+    ("method.kept_pairs", _number_in(0, 1), "a share in [0, 1]"),  # UniMatch V2
     ("method.cutmix_p", _number_in(0, 1), "a probability in [0, 1]"),  # DDFP
     ("method.eps", _non_negative, "a number ≥ 0"),
     ("method.sup_only_epochs", _int_at_least(0), "an integer ≥ 0"),
@@ -135,7 +138,25 @@ def check_config(cfg: DictConfig) -> None:
             continue
         if not valid(value):
             raise UserError(f"{key}={value}: expected {expected}")
+    check_crop_fits_backbone(cfg)
     check_split(cfg)
+
+
+def check_crop_fits_backbone(cfg: DictConfig) -> None:
+    """A ViT reads sides that are multiples of its patch size. A dataset's default crop is rounded to one
+    (conf/dataset/*.yaml); a crop set to anything else (a recipe's, the command line's) is one line naming the
+    nearest multiples. eval.py (no `method`) rebuilds the network from the checkpoint: not checked there."""
+    if "method" not in cfg:
+        return
+    from sslseg.models.backbones import nearest_multiple, patch_size_of
+
+    name = OmegaConf.select(cfg, "backbone.name", default=None)
+    patch, crop = patch_size_of(name), OmegaConf.select(cfg, "dataset.crop_size", default=None)
+    if patch and isinstance(crop, int) and crop % patch:
+        nearest = nearest_multiple(crop, patch)
+        other = nearest - patch if nearest > crop else nearest + patch
+        raise UserError(f"dataset.crop_size={crop}: backbone {name} reads sides that are multiples of its patch size "
+                        f"{patch}: set dataset.crop_size={nearest} (or {other})")
 
 
 def check_overrides(cfg: DictConfig) -> None:

@@ -57,7 +57,12 @@ def group_choice(group: str, fallback: str, method: str, dataset: str, variant: 
 
 
 def register_resolvers() -> None:
-    """`sslseg.recipe` and `sslseg.recipe_group`, used by conf/train.yaml's defaults list."""
+    """`sslseg.recipe` and `sslseg.recipe_group`, used by conf/train.yaml's defaults list; `sslseg.patch_multiple`,
+    the dataset configs' default crop fitted to a ViT backbone's patch size."""
+    from sslseg.models.backbones import crop_for_backbone
+
+    if not OmegaConf.has_resolver("sslseg.patch_multiple"):
+        OmegaConf.register_new_resolver("sslseg.patch_multiple", crop_for_backbone)
     if not OmegaConf.has_resolver("sslseg.recipe"):
         OmegaConf.register_new_resolver("sslseg.recipe", lambda m, d, v=PUBLISHED: recipe_name(str(m), str(d), str(v)))
     if not OmegaConf.has_resolver("sslseg.recipe_group"):
@@ -157,9 +162,13 @@ def summary(cfg: DictConfig) -> str:
             f"{_schedule(cfg)}, {_precision(cfg.trainer.precision)}, {_validation(cfg)}")
 
 
-def default_file(dataset: str) -> str:
-    name = f"default_{dataset}"
-    return f"conf/recipe/{name}.yaml" if (RECIPE_DIR / f"{name}.yaml").is_file() else "conf/train.yaml"
+def default_file(dataset: str, method: str | None = None) -> str:
+    """The file a pair without a published recipe takes its run from: the method's own unpublished run on the
+    dataset (unimatch_v2_toy.yaml: the tiny ViT), the dataset's defaults, or conf/train.yaml."""
+    for name in ([f"{method}_{dataset}"] if method else []) + [f"default_{dataset}"]:
+        if (RECIPE_DIR / f"{name}.yaml").is_file():
+            return f"conf/recipe/{name}.yaml"
+    return "conf/train.yaml"
 
 
 def start_line(cfg: DictConfig) -> str:
@@ -170,7 +179,7 @@ def start_line(cfg: DictConfig) -> str:
         reported = recipe.get("reported")
         return f"recipe {recipe.name} ({recipe.paper}; {recipe.source}): {values}; reported: {reported}"
     return (f"no published recipe for {cfg.method.name} on {cfg.dataset.name}: sslseg's defaults "
-            f"({default_file(str(cfg.dataset.name))}): {values}")
+            f"({default_file(str(cfg.dataset.name), str(cfg.method.name))}): {values}")
 
 
 def results_entry(cfg: DictConfig) -> dict | None:

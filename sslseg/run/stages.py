@@ -193,7 +193,8 @@ def generate(cfg: DictConfig, out_dir: Path, weights: Path, stage: DictConfig) -
     rule = stage.get("thresholds", "dars")
     targets = None
     if rule == "dars":
-        prior = labeled_prior((read_mask(root / s.mask, num_classes) for s in labeled), num_classes)
+        zero_is_ignored = bool(cfg.dataset.get("reduce_zero_label", False))
+        prior = labeled_prior((read_mask(root / s.mask, num_classes, zero_is_ignored) for s in labeled), num_classes)
         targets = class_targets(prior, float(stage.labeling_ratio), total)
         thresholds, ratios = dars_thresholds(histogram, targets)
     elif rule == "cbst":
