@@ -94,6 +94,10 @@ REFERENCE_GLOBAL_BATCH = {
     "dars_cityscapes_deeplabv2": {"round0": 16, "round1": 4, "round2": 4},
     # YudeWang/Learning-Pseudo-Label experiment/deeplabv3+_voc_swsss: one GPU; stage 1 10 = 5 + 5, stage 2 16.
     "pct_pascal": {"stage1": 5, "stage2": 16},
+    # LiheYoung/UniMatch-V2 configs/*.yaml and its training logs: 4 GPUs x 4 (Pascal, COCO), 4 x 2 (Cityscapes,
+    # ADE20K), the same for DINOv2-S, -B and -L.
+    **{f"unimatch_v2_{data}{size}": 4 * per_gpu for data, per_gpu in (("pascal", 4), ("cityscapes", 2), ("coco", 4),
+                                                                       ("ade20k", 2)) for size in ("", "_small", "_large")},
 }
 
 
