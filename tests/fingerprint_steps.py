@@ -1,7 +1,8 @@
 """The first training steps of every method on the toy set (crop 32, one CPU thread): each step's loss, a checksum of
 the final weights and the optimizers' settings. tests/fixtures/step_fingerprints.json holds them as the code computed
 them before the method-contract refactor; tests/test_method_contract.py checks that the code still does, bit for bit
-where this machine's kernels are the ones that wrote the file (`kernel_probe`), to 1e-5 elsewhere.
+where this machine's kernels are the ones that wrote the file (`kernel_probe`); elsewhere the first step to 1e-6 and
+the later ones within 2% (thresholded pseudo-labels amplify rounding differences).
 
 Write the file again (only when a change is meant to alter the step math, saying so in its commit):
 
@@ -41,14 +42,26 @@ class Losses(Callback):
 
 
 def kernel_probe() -> str:
-    """A checksum of a convolution, a batch norm, a matmul and a softmax on fixed inputs: equal on two machines when
-    their CPU kernels round alike, which is when a bit-for-bit comparison of training steps means something."""
+    """A checksum of what a training step's CPU kernels compute on fixed inputs (convolution, batch norm, matmul,
+    softmax, bilinear resize, forward and backward, and an SGD step with momentum): equal on two machines when their
+    kernels round alike, which is when a bit-for-bit comparison of training steps means something."""
     generator = torch.Generator().manual_seed(0)
     x = torch.randn(2, 8, 16, 16, generator=generator)
-    conv = torch.nn.functional.conv2d(x, torch.randn(8, 8, 3, 3, generator=generator), padding=1)
-    normed = torch.nn.functional.batch_norm(conv, None, None, training=True)
-    out = (normed.flatten(1) @ torch.randn(normed.flatten(1).shape[1], 4, generator=generator)).softmax(1)
-    return hashlib.sha256(out.numpy().tobytes()).hexdigest()[:16]
+    weight = torch.randn(8, 8, 3, 3, generator=generator).requires_grad_()
+    head = torch.randn(8, 4, generator=generator).requires_grad_()
+    normed = torch.nn.functional.batch_norm(torch.nn.functional.conv2d(x, weight, padding=1), None, None,
+                                            training=True)
+    logits = torch.einsum("bchw,ck->bkhw", normed, head)
+    logits = torch.nn.functional.interpolate(logits, size=(24, 24), mode="bilinear", align_corners=True)
+    loss = torch.nn.functional.cross_entropy(logits, torch.arange(24 * 24 * 2).remainder(4).view(2, 24, 24))
+    loss.backward()
+    optimizer = torch.optim.SGD([weight, head], lr=0.1, momentum=0.9, weight_decay=1e-4)
+    for _ in range(2):
+        optimizer.step()
+    digest = hashlib.sha256()
+    for tensor in (logits.softmax(1), weight, head):
+        digest.update(tensor.detach().numpy().tobytes())
+    return digest.hexdigest()[:16]
 
 
 def fit_steps(method: str, data_dir: str | Path, steps: int = STEPS, overrides: tuple[str, ...] = (),

@@ -96,8 +96,9 @@ REFERENCE_GLOBAL_BATCH = {
     "pct_pascal": {"stage1": 5, "stage2": 16},
     # LiheYoung/UniMatch-V2 configs/*.yaml and its training logs: 4 GPUs x 4 (Pascal, COCO), 4 x 2 (Cityscapes,
     # ADE20K), the same for DINOv2-S, -B and -L.
-    **{f"unimatch_v2_{data}{size}": 4 * per_gpu for data, per_gpu in (("pascal", 4), ("cityscapes", 2), ("coco", 4),
-                                                                       ("ade20k", 2)) for size in ("", "_small", "_large")},
+    **{f"unimatch_v2_{data}{size}": 4 * per_gpu
+       for data, per_gpu in (("pascal", 4), ("cityscapes", 2), ("coco", 4), ("ade20k", 2))
+       for size in ("", "_small", "_large")},
 }
 
 

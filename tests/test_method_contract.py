@@ -81,9 +81,11 @@ def test_the_first_steps_are_those_before_the_refactor(method, data_dir):
     assert now["lrs"] == stored["lrs"] and now["optimizers"] == stored["optimizers"]
     if kernel_probe() == FINGERPRINTS["kernel_probe"]:  # the CPU kernels that wrote the file: bit for bit
         assert now["losses"] == stored["losses"] and now["weights_sha256"] == stored["weights_sha256"]
-    else:  # other kernels round otherwise
-        assert now["losses"] == pytest.approx(stored["losses"], rel=1e-5)
-        assert now["weights_abs_sum"] == pytest.approx(stored["weights_abs_sum"], rel=1e-5)
+    else:  # other kernels round otherwise: the first step's loss agrees to float32 rounding; after it, thresholded
+        # pseudo-labels amplify the rounding (two CPUs, same torch: up to 0.9% by step 5, PCT)
+        assert now["losses"][0] == pytest.approx(stored["losses"][0], rel=1e-6)
+        assert now["losses"] == pytest.approx(stored["losses"], rel=2e-2)
+        assert now["weights_abs_sum"] == pytest.approx(stored["weights_abs_sum"], rel=1e-2)
 
 
 def _free_port() -> int:

@@ -10,10 +10,10 @@ import pytest
 import torch
 from torch import nn
 
-from sslseg.perf.bench import synthetic_batch
 from sslseg.methods import method_class
 from sslseg.methods.weak_to_strong import PseudoTargets, StudentLogits, Targets
 from sslseg.models.perturbations import ComplementaryChannelDropout
+from sslseg.perf.bench import synthetic_batch
 from tests.conftest import compose_cfg
 
 
