@@ -140,7 +140,7 @@ def test_unimatch_coco_preset_on_a_converted_coco_tree(tmp_path):
     assert last_line(evaluation.stdout) == f"val mIoU: {eval_results['val_mIoU']:.2f}"
     assert eval_results["eval_protocol"] == {  # the COCO config's protocol with this command's overrides
         "mode": "whole", "crop_size": 513, "stride_ratio": 0.6667, "window_batch": 4, "window": "shifted",
-        "scales": [0.5, 1.0], "flip": True, "average": "logits", "base_size": None, "crf": False}
+        "scales": [0.5, 1.0], "flip": True, "average": "logits", "base_size": None, "crf": False, "multiplier": "auto"}
 
 
 def test_wandb_multirun_logs_one_run_per_job(data_dir, tmp_path):

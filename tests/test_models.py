@@ -121,7 +121,9 @@ def test_the_batch_perturbation_acts_before_the_copies_are_made():
     record = lambda features: seen.append([f.clone() for f in features]) or list(features)
     out = net(x, perturbed_copies=[record], batch_perturbation=halve)
     assert all(torch.equal(s, f / 2) for s, f in zip(seen[0], net.encode(x)))
-    assert torch.equal(out.logits, net.decode(halve(net.encode(x)), x.shape[-2:]).logits)
+    halved = halve(net.encode(x))  # decoded beside its (unchanged) copy, as the forward pass decodes it
+    expected = net.decode([torch.cat([f, f]) for f in halved], x.shape[-2:]).logits.chunk(2)[0]
+    assert torch.equal(out.logits, expected)
     torch.testing.assert_close(out.logits_fp[0], out.logits)
 
 
