@@ -272,3 +272,23 @@ def test_debug_runs_do_not_replace_real_ones(tmp_path):
              "wall_seconds": 9.0, "debug": "fast_dev_run"}
     (debug_dir / "results.json").write_text(json.dumps(debug))
     assert [r["best_val_mIoU"] for r in collect(tmp_path)] == [75.0]
+
+
+def test_a_network_chosen_by_the_recipe_compares_with_the_same_network_named_on_the_command_line(tmp_path):
+    """`method=unimatch_v2` gets vit_tiny + dpt_tiny from its toy recipe, `method=supervised backbone=vit_tiny
+    model=dpt_tiny` names them: one network, so the supervised row is its baseline. A run whose results.json
+    predates `network_choices` is read from Hydra's record in the run folder."""
+    for seed, miou in ((0, 47.0), (1, 49.0)):
+        _run(tmp_path, "supervised", seed, miou - 2, overrides=["backbone=vit_tiny", "model=dpt_tiny"])
+        run_dir = _run(tmp_path, "unimatch_v2", seed, miou, overrides=[])
+        (run_dir / ".hydra").mkdir()
+        (run_dir / ".hydra" / "hydra.yaml").write_text(
+            "hydra:\n  runtime:\n    choices:\n      backbone: vit_tiny\n      model: dpt_tiny\n")
+    _run(tmp_path, "supervised", 0, 60.0, overrides=[], name="other_network")  # the default network
+    runs = collect(tmp_path)
+    keys, rows = group_runs(runs)
+    assert keys == ["backbone", "model"]
+    assert [(r.method, r.keys) for r in rows] == [("supervised", ("default", "default")),
+                                                  ("supervised", ("vit_tiny", "dpt_tiny")),
+                                                  ("unimatch_v2", ("vit_tiny", "dpt_tiny"))]
+    assert "| +2.00 |" in summary_table(runs).splitlines()[-1]

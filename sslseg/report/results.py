@@ -14,6 +14,8 @@ import sys
 from importlib import metadata
 from pathlib import Path
 
+from omegaconf import OmegaConf
+
 from sslseg.errors import UserError
 from sslseg.report.rows import Row, mean_sd, natural, split_order  # noqa: F401 (split_order: the report's API)
 
@@ -114,8 +116,18 @@ def collect(root: Path) -> list[dict]:
         stage_of_a_run = "stage" in results and "stages" not in results
         if "seed" in results and "best_val_mIoU" in results and not stage_of_a_run and "debug" not in results:
             _check(path, results)
+            results.setdefault("network_choices", _hydra_choices(path.parent))
             found.append(results | {"_run_dir": str(path.parent.resolve()), "_mtime": path.stat().st_mtime})
     return found
+
+
+def _hydra_choices(run_dir: Path) -> dict:
+    """The backbone and model of a run whose results.json predates `network_choices`, from Hydra's record of it."""
+    try:
+        choices = OmegaConf.load(run_dir / ".hydra" / "hydra.yaml").hydra.runtime.choices
+    except Exception:  # no record, or an unreadable one: the run is grouped by its overrides alone
+        return {}
+    return {group: choices.get(group) for group in ("backbone", "model")}
 
 
 def _read(path: Path) -> dict:
@@ -182,7 +194,8 @@ def group_runs(runs: list[dict], baseline: str = "supervised") -> tuple[list[str
         overrides = overrides_of(run)
         # semi-and-weakly supervised rows (PCT) are marked: they do not compare with the others
         label = run["method"] + (" (image tags)" if run.get("uses_image_tags") else "")
-        values = tuple(overrides.get(k, "default") for k in keys)
+        chosen = run.get("network_choices") or {}  # a recipe's backbone and model, named by no override
+        values = tuple(overrides.get(k, chosen.get(k) or "default") for k in keys)
         ident = (run["dataset"], str(run["split"]), label, values, run.get("steps"))
         row = rows.setdefault(ident, Row(*ident[:2], run["method"], label, values, run.get("steps")))
         if run["seed"] in row.runs:

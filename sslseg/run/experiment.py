@@ -93,7 +93,10 @@ def train(cfg: DictConfig) -> dict | None:
         else:
             results = fit(cfg, cls, run_dir, ckpt_path=ckpt_path, started=started)
         results |= {"recipe": recipe_entry(cfg)} | provenance(list(HydraConfig.get().overrides.task))
-        debug = HydraConfig.get().runtime.choices.get("debug")
+        choices = HydraConfig.get().runtime.choices
+        # the network a recipe chose (no override names it): the report compares runs by it
+        results["network_choices"] = {group: choices.get(group) for group in ("backbone", "model")}
+        debug = choices.get("debug")
         if debug:  # a debug config's cut-short run: `python -m sslseg.report.results` leaves it out
             results["debug"] = debug
         _report(run_dir, results)
