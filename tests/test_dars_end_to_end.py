@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.conftest import kill_train_when, last_line, mini_split, run_cli
+from tests.conftest import kill_train_when, last_line, mini_split, run_cli, run_cli_subprocess
 
 pytestmark = pytest.mark.slow
 
@@ -79,9 +79,9 @@ def test_dars_killed_in_round1_resumes_in_round1(data_dir, tmp_path):
 def test_dars_on_two_cpu_processes_labels_every_image_once(data_dir, tmp_path):
     splits = mini_split(data_dir, tmp_path / "splits", unlabeled=24)
     run_dir = tmp_path / "run"
-    run = run_cli("train.py", *_args(data_dir, splits, run_dir, "method.stages.round0.epochs=1",
-                                     "method.stages.round1.epochs=1", "method.stages.round2.epochs=1", "trainer=ddp",
-                                     "trainer.accelerator=cpu", "trainer.devices=2"))
+    run = run_cli_subprocess("train.py", *_args(data_dir, splits, run_dir, "method.stages.round0.epochs=1",
+                                                "method.stages.round1.epochs=1", "method.stages.round2.epochs=1",
+                                                "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2"))
     assert run.returncode == 0, run.stderr[-3000:]
     stats = json.loads((run_dir / "pseudo1" / "stats.json").read_text())
     assert stats["unlabeled_pixels"] == 24 * 96 * 96  # both ranks' histograms, each image once

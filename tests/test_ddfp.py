@@ -153,13 +153,14 @@ def test_every_phase_runs_from_the_command_line(data_dir, tmp_path, devices):
     """Two steps in each of the three phases, on one process and as 2-process CPU DDP."""
     import json
 
-    from tests.conftest import run_cli
+    from tests.conftest import run_cli, run_cli_subprocess
 
     ddp = ["trainer=ddp", "trainer.accelerator=cpu", f"trainer.devices={devices}"] if devices > 1 else []
-    run = run_cli("train.py", "method=ddfp", f"paths.data_dir={data_dir}", f"paths.output_dir={tmp_path}",
-                  "logger=csv", "trainer.log_every_n_steps=1", "data.num_workers=0",
-                  "trainer.enable_progress_bar=false", "+trainer.limit_train_batches=2", "trainer.max_epochs=3",
-                  "trainer.limit_val_batches=1", *ddp)
+    run_train = run_cli_subprocess if devices > 1 else run_cli  # DDP: Lightning starts rank 1 from the command line
+    run = run_train("train.py", "method=ddfp", f"paths.data_dir={data_dir}", f"paths.output_dir={tmp_path}",
+                    "logger=csv", "trainer.log_every_n_steps=1", "data.num_workers=0",
+                    "trainer.enable_progress_bar=false", "+trainer.limit_train_batches=2", "trainer.max_epochs=3",
+                    "trainer.limit_val_batches=1", *ddp)
     assert run.returncode == 0, run.stderr[-3000:]
     (results,) = [json.loads(p.read_text()) for p in tmp_path.rglob("results.json")]
     assert results["steps"] == 6 and results["devices"] == devices  # training steps, not optimizer steps

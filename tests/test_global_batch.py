@@ -10,7 +10,7 @@ from omegaconf import OmegaConf
 from sslseg.data.batch import per_device_batch
 from sslseg.data.datamodule import SemiSegDataModule
 from sslseg.errors import UserError
-from tests.conftest import compose_cfg, last_line, mini_split, run_cli
+from tests.conftest import compose_cfg, last_line, mini_split, run_cli, run_cli_subprocess
 from tests.test_recipes import RECIPES, compose_recipe
 
 
@@ -129,8 +129,8 @@ def test_two_ddp_processes_share_the_global_batch(data_dir, tmp_path):
     common = ["method=supervised", "trainer=ddp", "trainer.accelerator=cpu", f"paths.data_dir={data_dir}",
               f"dataset.splits_dir={splits}", "split=mini", "data.global_batch_size=8", "logger=none",
               "data.num_workers=0", "trainer.enable_progress_bar=false", "dataset.crop_size=32"]
-    run = run_cli("train.py", *common, "trainer.devices=2", "trainer.max_epochs=1", "trainer.limit_val_batches=1",
-                  f"paths.output_dir={tmp_path / 'out'}")
+    run = run_cli_subprocess("train.py", *common, "trainer.devices=2", "trainer.max_epochs=1",
+                             "trainer.limit_val_batches=1", f"paths.output_dir={tmp_path / 'out'}")
     assert run.returncode == 0, run.stderr[-3000:]
     (results,) = [json.loads(p.read_text()) for p in (tmp_path / "out").rglob("results.json")]
     assert (results["devices"], results["global_batch_size"], results["steps"]) == (2, 8, 4)
