@@ -127,6 +127,11 @@ def _hydra_choices(run_dir: Path) -> dict:
         choices = OmegaConf.load(run_dir / ".hydra" / "hydra.yaml").hydra.runtime.choices
     except Exception:  # no record, or an unreadable one: the run is grouped by its overrides alone
         return {}
+    return network_choices(choices)
+
+
+def network_choices(choices) -> dict:
+    """The backbone and model config names among Hydra's config-group choices (what results.json records)."""
     return {group: choices.get(group) for group in ("backbone", "model")}
 
 

@@ -15,7 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from sslseg.errors import UserError
 from sslseg.methods import method_class
-from sslseg.report.results import format_iou_table, provenance, write_results
+from sslseg.report.results import format_iou_table, network_choices, provenance, write_results
 from sslseg.run.checkpoint import resume_checkpoint
 from sslseg.run.cli import is_launcher_rank
 from sslseg.run.console import network_label
@@ -95,7 +95,7 @@ def train(cfg: DictConfig) -> dict | None:
         results |= {"recipe": recipe_entry(cfg)} | provenance(list(HydraConfig.get().overrides.task))
         choices = HydraConfig.get().runtime.choices
         # the network a recipe chose (no override names it): the report compares runs by it
-        results["network_choices"] = {group: choices.get(group) for group in ("backbone", "model")}
+        results["network_choices"] = network_choices(choices)
         debug = choices.get("debug")
         if debug:  # a debug config's cut-short run: `python -m sslseg.report.results` leaves it out
             results["debug"] = debug
