@@ -13,6 +13,7 @@ import pytest
 
 from sslseg.data.toy import ensure_toy_dataset
 from sslseg.run.cli import compose_config
+from tests.warm_process import WarmProcess
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
@@ -121,11 +122,11 @@ def _process_state():
 
 def run_cli_subprocess(script: str, *args: str, timeout: int = 600,
                        env: dict | None = None) -> subprocess.CompletedProcess:
-    """`python <script> args` in its own process (what `run_cli` does in this one): for what needs a process of
-    its own (DDP ranks started from argv, the literal command line as a user types it)."""
-    full_env = os.environ | {"PYTHONUNBUFFERED": "1"} | (env or {})
-    return subprocess.run([sys.executable, str(ROOT / script), *args], cwd=ROOT, env=full_env,
-                          capture_output=True, text=True, timeout=timeout)
+    """`python <script> args` in its own process (what `run_cli` does in this one), forked warm (tests/warm_process.py):
+    for what needs a process of its own (a DDP run, whose rank 1 Lightning starts from the command line)."""
+    run = WarmProcess(script, *args, env=env)
+    code = run.wait(timeout)
+    return subprocess.CompletedProcess([script, *args], code, run.stdout, run.stderr)
 
 
 def last_line(text: str) -> str:
@@ -147,20 +148,18 @@ def mini_split(data_dir: Path, out: Path, unlabeled: int = 64) -> Path:
 
 def kill_train_when(path: Path, *args: str, timeout: int = 600, sig: int | None = None,
                     env: dict | None = None) -> tuple[int, str]:
-    """Start `train.py args`, send it `sig` (SIGKILL by default) as soon as `path` exists (or it ends, or
-    time runs out); its exit code and output once it has ended."""
+    """Start `train.py args` in its own process (forked warm: tests/warm_process.py), send it `sig` (SIGKILL by
+    default) as soon as `path` exists (or it ends, or time runs out); its exit code and output once it has ended."""
     import signal
     import time
 
-    full_env = os.environ | {"PYTHONUNBUFFERED": "1"} | (env or {})
-    run = subprocess.Popen([sys.executable, str(ROOT / "train.py"), *args], cwd=ROOT, env=full_env,
-                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    run = WarmProcess("train.py", *args, env=env, merge_output=True)
     deadline = time.time() + timeout
-    while not path.is_file() and run.poll() is None and time.time() < deadline:
+    while not path.is_file() and run.running() and time.time() < deadline:
         time.sleep(0.2)
-    run.send_signal(signal.SIGKILL if sig is None else sig)
-    output, _ = run.communicate(timeout=timeout)
-    return run.returncode, output
+    if run.running():
+        os.kill(run.pid, signal.SIGKILL if sig is None else sig)
+    return run.wait(timeout), run.stdout
 
 
 def read_key_list(path: Path) -> dict[str, tuple[int, ...]]:

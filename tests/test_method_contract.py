@@ -8,10 +8,7 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import socket
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -21,6 +18,7 @@ from lightning.pytorch.callbacks import Callback
 from sslseg import Segmenter
 from tests.conftest import ROOT
 from tests.fingerprint_steps import fingerprint, fit_steps, kernel_probe
+from tests.warm_process import WarmProcess
 
 METHODS = sorted(path.stem for path in (ROOT / "conf" / "method").glob("*.yaml"))
 FINGERPRINTS = json.loads((ROOT / "tests" / "fixtures" / "step_fingerprints.json").read_text())
@@ -97,13 +95,12 @@ def _free_port() -> int:
 @pytest.mark.slow
 def test_every_method_trains_as_two_ddp_processes(data_dir, tmp_path):
     """Lightning's DDP on two CPU processes (gloo), every method a few steps: the replicas' parameters end equal."""
-    env = os.environ | {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_free_port()), "WORLD_SIZE": "2",
-                        "NODE_RANK": "0", "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    script = [sys.executable, "-m", "tests.ddp_contract", str(data_dir), str(tmp_path)]
-    ranks = [subprocess.Popen(script, cwd=ROOT, env=env | {"LOCAL_RANK": str(rank)}, stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT, text=True) for rank in (0, 1)]
-    outputs = [rank.communicate(timeout=600)[0] for rank in ranks]
-    assert all(rank.returncode == 0 for rank in ranks), outputs[0][-3000:] + outputs[1][-3000:]
+    # Each rank forked warm (tests/warm_process.py); Lightning gives each one of the cores' threads.
+    env = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_free_port()), "WORLD_SIZE": "2", "NODE_RANK": "0"}
+    ranks = [WarmProcess("tests.ddp_contract", str(data_dir), str(tmp_path), env=env | {"LOCAL_RANK": str(rank)},
+                         merge_output=True) for rank in (0, 1)]
+    codes = [rank.wait(600) for rank in ranks]
+    assert codes == [0, 0], ranks[0].stdout[-3000:] + ranks[1].stdout[-3000:]
     checksums = [json.loads((tmp_path / f"rank{rank}.json").read_text()) for rank in (0, 1)]
     assert sorted(checksums[0]) == METHODS
     assert checksums[0] == checksums[1]

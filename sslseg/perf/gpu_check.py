@@ -270,22 +270,25 @@ def peak_tflops(device_name: str) -> float | None:
 
 # -- the sections -------------------------------------------------------------------------------------------
 def section_tests(rec: Recorder, sizes: Sizes) -> None:
+    import pytest
+
     tests = ROOT / "tests"
     if not tests.is_dir():
         rec.note(f"no tests folder at {tests}: run from a checkout")
         return
     files = sorted(str(f) for f in tests.glob("test_*.py") if "mark.gpu" in f.read_text())  # collect only these
-    cmd = [sys.executable, "-m", "pytest", "-q", "-m", "gpu", "-p", "no:cacheprovider", "-o", "addopts=", *files]
-    started = time.perf_counter()
-    try:
-        done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=max(5, rec.time_left() - 3))
-        lines = [line for line in done.stdout.strip().splitlines() if line.strip()]
-        rec.add({"command": "pytest -m gpu tests", "exit_code": done.returncode,
-                 "summary": lines[-1] if lines else "", "seconds": time.perf_counter() - started,
-                 "failures": [line for line in lines if line.startswith(("FAILED", "ERROR"))][:10]})
-    except subprocess.TimeoutExpired:
-        rec.add({"command": "pytest -m gpu tests", "exit_code": None, "summary": "stopped at the section's limit",
-                 "seconds": time.perf_counter() - started, "failures": []})
+    args = ["-q", "-m", "gpu", "-p", "no:cacheprovider", "-o", "addopts=", "--rootdir", str(ROOT), *files]
+    row = {"command": "pytest -m gpu tests", "exit_code": None, "summary": "stopped at the section's limit",
+           "failures": []}
+    rec.add(row)  # what stays if the section is killed at its limit
+    started, output = time.perf_counter(), rec.path.with_suffix(".pytest.txt")
+    # In this process: the stack is imported already (the section is forked from the forkserver that imported it).
+    with open(output, "w") as stream, contextlib.redirect_stdout(stream):
+        exit_code = int(pytest.main(args))
+    lines = [line for line in output.read_text().strip().splitlines() if line.strip()]
+    row |= {"exit_code": exit_code, "summary": lines[-1] if lines else "", "seconds": time.perf_counter() - started,
+            "failures": [line for line in lines if line.startswith(("FAILED", "ERROR"))][:10]}
+    rec.save()
 
 
 ALL_PRECISIONS = ("unimatch", "daw")  # the cases measured in plain bf16 too; the rest: fp32 and bf16 + channels_last
@@ -553,6 +556,56 @@ def run_section(name: str, result: Path, deadline: float, dry: bool, work: Path)
          "inference": section_inference}[name](rec, sizes)
 
 
+# The modules every section imports, imported once by the forkserver that forks the sections' processes: a
+# section starts in milliseconds instead of paying the stack's imports (8 s on 2 CPU cores) each time. None of
+# them initialises CUDA (a forked process could not use it then); each section does, in its own process.
+PRELOAD = ("torch", "lightning.pytorch", "torchmetrics", "hydra", "albumentations", "pytest", "sslseg.methods",
+           "sslseg.run.fitting", "sslseg.perf.bench")
+
+
+def _section_entry(name: str, result: Path, deadline: float, dry: bool, work: Path, log: Path) -> None:
+    fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    os.dup2(fd, 1)  # the section's output (and a traceback) go to its log, shown if it fails
+    os.dup2(fd, 2)
+    os.close(fd)
+    run_section(name, result, deadline, dry, work)
+
+
+def forkserver():
+    """The multiprocessing context whose server has imported PRELOAD; started here (its imports are no section's
+    time)."""
+    import multiprocessing
+
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(list(PRELOAD))
+    warm = context.Process(target=time.sleep, args=(0,))  # returns once the server has imported PRELOAD
+    warm.start()
+    warm.join()
+    return context
+
+
+def run_section_process(context, name: str, result: Path, deadline: float, dry: bool, work: Path,
+                        kill_after: float) -> str:
+    """Run one section in its own process (forked by `context`'s server), killed `kill_after` seconds on; its
+    status for the report."""
+    from sslseg.perf import gpu_check  # by its module name, also when this file runs as __main__ (pickled target)
+
+    log = work / f"{name}.log"
+    process = context.Process(target=gpu_check._section_entry, args=(name, result, deadline, dry, work, log),
+                              name=f"gpu-check-{name}")
+    process.start()
+    process.join(kill_after)
+    if process.is_alive():
+        process.kill()
+        process.join()
+        return "killed at its time limit"
+    if process.exitcode != 0:
+        text = log.read_text(errors="replace") if log.is_file() else ""
+        print(text[-3000:], file=sys.stderr)
+        return f"failed (exit {process.exitcode}): " + (text.strip().splitlines() or [""])[-1]
+    return "ok"
+
+
 # -- the run and its report ---------------------------------------------------------------------------------
 def environment() -> dict:
     import torch
@@ -583,14 +636,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--limit-scale", type=float, default=1.0, help="multiply every section's time limit")
     p.add_argument("--keep", default=None, help="an earlier gpu.json: the sections not run now are taken from it")
     p.add_argument("--render", default=None, metavar="GPU_JSON", help="only write gpu.md anew from a gpu.json")
-    p.add_argument("--run-section", default=None, help=argparse.SUPPRESS)  # a section's own process
-    p.add_argument("--result", default=None, help=argparse.SUPPRESS)
-    p.add_argument("--deadline", type=float, default=None, help=argparse.SUPPRESS)
-    p.add_argument("--work", default=None, help=argparse.SUPPRESS)
     a = p.parse_args(argv)
-    if a.run_section:
-        run_section(a.run_section, Path(a.result), a.deadline, a.dry, Path(a.work))
-        return {}
     if a.render:
         report = json.loads(Path(a.render).read_text())
         Path(a.render).with_suffix(".md").write_text(markdown(report))
@@ -610,24 +656,15 @@ def main(argv: list[str] | None = None) -> dict:
     report = {"environment": environment(), "dry": a.dry, "sections": {},
               "command": "python -m sslseg.perf.gpu_check" + (" --dry" if a.dry else "")}
     started = time.time()
+    sections_context = forkserver()
     with tempfile.TemporaryDirectory(prefix="sslseg-gpu-check-") as work:
         for name in sections:
             limit = limits[name] * a.limit_scale
             result = Path(work) / f"{name}.json"
             t0 = time.time()
             print(f"[gpu-check] {name} (limit {limit:.0f} s) ...", flush=True)
-            cmd = [sys.executable, "-m", "sslseg.perf.gpu_check", "--run-section", name, "--result", str(result),
-                   "--deadline", str(t0 + limit), "--work", work, *(["--dry"] if a.dry else [])]
-            status = "ok"
-            try:
-                done = subprocess.run(cmd, cwd=ROOT, timeout=limit + GRACE_SECONDS, capture_output=True, text=True,
-                                      env=os.environ | {"PYTHONPATH": os.pathsep.join(
-                                          filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))})
-                if done.returncode != 0:
-                    status = f"failed (exit {done.returncode}): " + (done.stderr.strip().splitlines() or [""])[-1]
-                    print(done.stderr[-3000:], file=sys.stderr)
-            except subprocess.TimeoutExpired:
-                status = "killed at its time limit"
+            status = run_section_process(sections_context, name, result, t0 + limit, a.dry, Path(work),
+                                         limit + GRACE_SECONDS)
             data = json.loads(result.read_text()) if result.is_file() else {"rows": [], "notes": []}
             data |= {"status": status, "seconds": round(time.time() - t0, 1), "limit_seconds": limit}
             report["sections"][name] = data
