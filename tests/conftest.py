@@ -156,7 +156,7 @@ def kill_train_when(path: Path, *args: str, timeout: int = 600, sig: int | None 
     run = WarmProcess("train.py", *args, env=env, merge_output=True)
     deadline = time.time() + timeout
     while not path.is_file() and run.running() and time.time() < deadline:
-        time.sleep(0.2)
+        time.sleep(0.05)
     if run.running():
         os.kill(run.pid, signal.SIGKILL if sig is None else sig)
     return run.wait(timeout), run.stdout

@@ -84,7 +84,9 @@ def _wall_seconds(checkpoint: dict) -> float:
     return state["wall_seconds"]
 
 
-@pytest.mark.parametrize("method", ["supervised", "daw", "dssn", "ddfp"])
+# SIGKILL for the methods with state beyond one network and its optimizer (DAW's distribution estimates, DSSN's
+# teacher, DDFP's flow and second optimizer); supervised is stopped and resumed by the signal test below.
+@pytest.mark.parametrize("method", ["daw", "dssn", "ddfp"])
 def test_killed_mid_epoch_and_resumed_ends_bit_identical(args, uninterrupted, tmp_path, method):
     run_dir = tmp_path / "stopped"
     last = run_dir / "checkpoints" / "last.ckpt"
