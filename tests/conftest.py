@@ -13,7 +13,7 @@ import pytest
 
 from sslseg.data.toy import ensure_toy_dataset
 from sslseg.run.cli import compose_config
-from tests.warm_process import WarmProcess
+from tests.warm_process import WarmProcess, exit_code
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
@@ -58,9 +58,7 @@ def run_cli(script: str, *args: str, timeout: int = 600, env: dict | None = None
         try:
             runpy.run_path(argv[0], run_name="__main__")
         except SystemExit as exc:
-            code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-            if not isinstance(exc.code, (int, type(None))):
-                print(exc.code, file=sys.stderr)
+            code = exit_code(exc)
         except Exception:  # as an uncaught exception ends `python train.py` (HYDRA_FULL_ERROR=1: its traceback)
             traceback.print_exc()
             code = 1

@@ -41,6 +41,14 @@ def _context():
     return context
 
 
+def exit_code(exc: SystemExit) -> int:
+    """The exit code Python gives `raise SystemExit(x)`: x if an int, 0 for None, else 1 with x printed to stderr."""
+    if isinstance(exc.code, int) or exc.code is None:
+        return exc.code or 0
+    print(exc.code, file=sys.stderr)
+    return 1
+
+
 def _entry(target: str, args: list[str], env: dict, stdout: str, stderr: str) -> None:
     """In the forked process: fds 1 and 2 to the given files, then `python <target> args` (`-m <module>` for a
     target without `.py`)."""
@@ -63,9 +71,7 @@ def _entry(target: str, args: list[str], env: dict, stdout: str, stderr: str) ->
             sys.argv = [target, *args]
             runpy.run_module(target, run_name="__main__", alter_sys=True)
     except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-        if not isinstance(exc.code, (int, type(None))):
-            print(exc.code, file=sys.stderr)
+        code = exit_code(exc)
     except BaseException:  # as an uncaught exception ends `python <script>`
         traceback.print_exc()
         code = 1
