@@ -31,8 +31,10 @@ install: | $(PYTHON)  ## install sslseg (editable) with its dev tools, at the te
 	$(PYTHON) -m pip install -e ".[dev]" -c constraints.txt
 	@touch $(INSTALLED)
 
+# One pytest worker per core (pytest-xdist), each with one compute thread (tests/conftest.py); the kill-and-resume
+# tests share their uninterrupted runs, so they stay on one worker (--dist loadgroup).
 test: $(INSTALLED)  ## the whole test suite (what CI runs); installs first when needed
-	$(PYTHON) -m pytest
+	$(PYTHON) -m pytest -n auto --dist loadgroup
 
 test-fast: $(INSTALLED)  ## unit tests only, no end-to-end training runs
 	$(PYTHON) -m pytest -m "not slow"

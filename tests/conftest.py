@@ -11,6 +11,14 @@ from pathlib import Path
 
 import pytest
 
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # `pytest -n N`: N workers share the cores, one compute thread each (two threads per worker on two cores
+    # oversubscribe them); the processes a test starts inherit it.
+    os.environ["OMP_NUM_THREADS"] = "1"
+    import torch
+
+    torch.set_num_threads(1)
+
 from sslseg.data.toy import ensure_toy_dataset
 from sslseg.run.cli import compose_config
 from tests.warm_process import WarmProcess, exit_code
