@@ -45,10 +45,6 @@ def param_groups(network: nn.Module, lr: float, multipliers) -> list[dict]:
 def instantiate_optimizer(optim_cfg: DictConfig, groups: list[dict], on_gpu: bool) -> torch.optim.Optimizer:
     """hydra.utils.instantiate of the optimizer node (its `_target_`, `_partial_: true`, its arguments) with the
     parameter groups. `fused: auto` turns the fused kernels on for GPU runs, where the class has them."""
-
-
-
-
     node = OmegaConf.to_container(optim_cfg, resolve=True)
     fused = node.get("fused")  # None: the class's default
     for key in SSLSEG_OPTIM_KEYS:
