@@ -88,8 +88,8 @@ def _wall_seconds(checkpoint: dict) -> float:
 # SIGKILL for DAW: the state beyond one network and its optimizer (the EMA teacher that DSSN, UniMatch V2 and
 # DDFP also keep, the class-distribution estimates). DDFP's flow and second optimizer are restored in
 # test_ddfp.py; supervised is stopped and resumed by the signal test below.
-@pytest.mark.parametrize("method", ["daw"])
-def test_killed_mid_epoch_and_resumed_ends_bit_identical(args, uninterrupted, tmp_path, method):
+def test_killed_mid_epoch_and_resumed_ends_bit_identical(args, uninterrupted, tmp_path):
+    method = "daw"
     run_dir = tmp_path / "stopped"
     last = run_dir / "checkpoints" / "last.ckpt"
     kill_train_when(last, *args(method, run_dir))  # SIGKILL once step 4's checkpoint exists
