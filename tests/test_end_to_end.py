@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from sslseg.report import curves
 from tests.conftest import last_line, run_cli, run_cli_subprocess
 
 pytestmark = pytest.mark.slow
@@ -25,7 +26,7 @@ def _results(out: Path) -> list[dict]:
     return [json.loads(p.read_text()) for p in sorted(out.rglob("results.json"))]
 
 
-def test_train_then_eval_reproduces_mIoU(data_dir, tmp_path):
+def test_train_then_eval_reproduces_mIoU(data_dir, tmp_path, capsys):
     run = run_cli("train.py", *_common(data_dir, tmp_path), *FIVE_STEPS)  # the default method: DAW (EMA evaluated)
     assert run.returncode == 0, run.stderr[-3000:]
     (results,) = _results(tmp_path)
@@ -43,6 +44,11 @@ def test_train_then_eval_reproduces_mIoU(data_dir, tmp_path):
     assert eval_results["val_mIoU"] == pytest.approx(results["best_val_mIoU"], abs=1e-9)
     assert eval_results["network_from_checkpoint"]  # the network the run reported, not chosen again
     assert re.search(r"^disk\s+\d+\.\d\d\b", evaluation.stdout, re.M)  # the per-class table (three columns)
+
+    curves.main([str(ckpt.parents[1])])  # the run's CSV log, per epoch
+    header, _, *epochs = capsys.readouterr().out.splitlines()
+    assert header == "| epoch | val/mIoU | val/mIoU_model | val/mIoU_teacher |"  # 5 steps log no train row
+    assert f"| {results['best_val_mIoU']:.2f} |" in epochs[-1]
 
 
 def test_resume_continues_the_step_count(data_dir, tmp_path):
