@@ -28,26 +28,42 @@ def epoch_means(path: Path, keys: list[str]) -> dict[int, dict[str, float]]:
     """epoch -> key -> the mean of the key's values logged in that epoch (NaN where none)."""
     with path.open(newline="") as f:
         reader = csv.DictReader(f)
-        missing = [k for k in ["epoch", *keys] if k not in (reader.fieldnames or [])]
+        missing = [k for k in ["epoch", "step", *keys] if k not in (reader.fieldnames or [])]
         if missing:
             raise UserError(f"{path}: no column {', '.join(missing)} (it has {', '.join(reader.fieldnames or [])})")
-        values: dict[int, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
-        for line, row in enumerate(reader, start=2):
-            try:
-                for key in keys:
-                    if row[key] not in ("", None):
-                        values[int(row["epoch"])][key].append(float(row[key]))
-            except ValueError as exc:
-                raise UserError(f"{path}, line {line}: {exc}") from None
+        rows = list(reader)
+    # The lr monitor's rows carry no epoch: they take that of the first row logged at the same step (none: left out).
+    epoch_at: dict[str, str] = {}
+    for row in rows:
+        if row["epoch"]:
+            epoch_at.setdefault(row["step"], row["epoch"])
+    values: dict[int, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for line, row in enumerate(rows, start=2):
+        try:
+            epoch = row["epoch"] or epoch_at.get(row["step"])
+            if epoch is None:
+                continue
+            epoch = int(epoch)
+            for key in keys:
+                if row[key] not in ("", None):
+                    values[epoch][key].append(float(row[key]))
+        except ValueError as exc:
+            raise UserError(f"{path}, line {line}: {exc}") from None
     return {epoch: {k: sum(v[k]) / len(v[k]) if v[k] else math.nan for k in keys}
             for epoch, v in sorted(values.items())}
+
+
+def cell(key: str, value: float) -> str:
+    """mIoU and IoU in points to 2 decimals; losses, ratios and learning rates to 4 significant digits."""
+    if math.isnan(value):
+        return ""
+    return f"{value:.2f}" if key.startswith("val/") else f"{value:.4g}"
 
 
 def markdown(means: dict[int, dict[str, float]], keys: list[str]) -> str:
     lines = ["| epoch | " + " | ".join(keys) + " |", "|---" * (len(keys) + 1) + "|"]
     for epoch, row in means.items():
-        cells = ["" if math.isnan(row[k]) else f"{row[k]:.{2 if k.startswith('val/') else 3}f}" for k in keys]
-        lines.append(f"| {epoch} | " + " | ".join(cells) + " |")
+        lines.append(f"| {epoch} | " + " | ".join(cell(k, row[k]) for k in keys) + " |")
     return "\n".join(lines)
 
 
