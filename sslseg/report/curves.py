@@ -43,10 +43,9 @@ def epoch_means(path: Path, keys: list[str]) -> dict[int, dict[str, float]]:
             epoch = row["epoch"] or epoch_at.get(row["step"])
             if epoch is None:
                 continue
-            epoch = int(epoch)
             for key in keys:
                 if row[key] not in ("", None):
-                    values[epoch][key].append(float(row[key]))
+                    values[int(epoch)][key].append(float(row[key]))
         except ValueError as exc:
             raise UserError(f"{path}, line {line}: {exc}") from None
     return {epoch: {k: sum(v[k]) / len(v[k]) if v[k] else math.nan for k in keys}
