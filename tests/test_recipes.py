@@ -537,6 +537,34 @@ def test_cfg_job_of_the_mission_command_shows_daws_published_run():
         513, 8, "torch.optim.SGD", 0.001, 10.0, 80, "32-true")
 
 
+def test_variant_vit_is_unimatch_v2s_toy_run_for_every_method():
+    """`variant=vit` on the toy set: any method without a toy_vit recipe of its own runs default_toy_vit.yaml, the
+    run `method=unimatch_v2` gets on the toy set, so that a baseline differs from V2's run in the method alone."""
+    from sslseg.run.recipes import check_variant, default_file, variants_of
+
+    def run(*overrides):
+        cfg = OmegaConf.to_container(compose_cfg(list(overrides)), resolve=True)
+        return {key: value for key, value in cfg.items() if key not in ("method", "logger")}  # logger: W&B tags
+
+    v2 = run("method=unimatch_v2")
+    assert v2 == run("method=unimatch_v2", "variant=vit") == run("method=supervised", "variant=vit")
+    assert v2 == run("method=daw", "variant=vit")
+    assert (v2["backbone"]["name"], v2["model"]["name"], v2["optim"]["_target_"]) == (
+        "vit_tiny", "dpt", "torch.optim.AdamW")  # conf/model/dpt_tiny.yaml: a small DPT
+    # UniMatch-V2 configs/pascal.yaml: lr 5e-6 with the (randomly initialised) head at x40, betas (0.9, 0.999),
+    # weight decay 0.01; here every parameter starts from random, so every group gets the head's lr.
+    assert v2["optim"]["lr"] == pytest.approx(5e-6 * 40)
+    assert (v2["optim"]["lr_mult"], v2["optim"]["betas"], v2["optim"]["weight_decay"]) == (
+        {"backbone": 1.0, "head": 1.0}, [0.9, 0.999], 0.01)
+    toy = run("method=daw")  # the toy's budget is kept: only the network and the optimizer change
+    assert (v2["dataset"], v2["data"], v2["split"]) == (toy["dataset"], toy["data"], toy["split"])
+    assert variants_of("daw", "toy") == ["vit"]
+    assert default_file("toy", "daw", "vit") == "conf/recipe/default_toy_vit.yaml"
+    check_variant({"method": "daw", "dataset": "toy", "variant": "vit"})
+    with pytest.raises(UserError, match="no such variant of recipe daw_pascal; its variants: blended"):
+        check_variant({"method": "daw", "dataset": "pascal", "variant": "vit"})  # the toy's, not every dataset's
+
+
 def test_cfg_job_shows_unimatch_v2s_published_pascal_run():
     """`python train.py method=unimatch_v2 dataset=pascal split=92 --cfg job --resolve`: UniMatch-V2 configs/pascal.yaml
     with DINOv2-B (its README's encoder) on 4 GPUs x 4, as its training-logs table01 run at 92 labels."""

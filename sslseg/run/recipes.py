@@ -3,9 +3,10 @@
 conf/train.yaml's defaults list picks `conf/recipe/<method>_<dataset>.yaml` (`variant=<name>`:
 `<method>_<dataset>_<name>.yaml`, a variant the paper also ran) through the `sslseg.recipe` resolver; a pair
 without a recipe gets its dataset's defaults, `conf/recipe/default_<dataset>.yaml` when there is one, on top of
-conf/train.yaml's. A config loaded through an interpolated defaults entry may not override config groups
-(Hydra), so the networks and the optimizer that a recipe needs are named in its `choose:` block and picked by
-the `sslseg.recipe_group` resolver in the same defaults list. See docs/recipes.md.
+conf/train.yaml's (with `variant=<name>`: `default_<dataset>_<name>.yaml`, e.g. the toy run on the tiny ViT).
+A config loaded through an interpolated defaults entry may not override config groups (Hydra), so the networks
+and the optimizer that a recipe needs are named in its `choose:` block and picked by the `sslseg.recipe_group`
+resolver in the same defaults list. See docs/recipes.md.
 
 Light imports only: the resolvers run while Hydra composes, before torch is imported.
 """
@@ -25,11 +26,11 @@ PUBLISHED = "published"  # the variant choice that means the recipe itself
 
 def recipe_name(method: str, dataset: str, variant: str = PUBLISHED) -> str:
     """The recipe file a (method, dataset, variant) choice names: `<method>_<dataset>[_<variant>]`, or, for a
-    pair without a recipe, `default_<dataset>` (loaded when it exists: the defaults list entry is optional)."""
-    base = f"{method}_{dataset}"
-    if variant != PUBLISHED:
-        return f"{base}_{variant}"
-    return base if (RECIPE_DIR / f"{base}.yaml").is_file() else f"default_{dataset}"
+    pair without one, the dataset's defaults `default_<dataset>[_<variant>]` (loaded when it exists: the defaults
+    list entry is optional; check_variant rejects a variant that names neither)."""
+    suffix = "" if variant == PUBLISHED else f"_{variant}"
+    own = f"{method}_{dataset}{suffix}"
+    return own if (RECIPE_DIR / f"{own}.yaml").is_file() else f"default_{dataset}{suffix}"
 
 
 @functools.cache
@@ -70,8 +71,11 @@ def register_resolvers() -> None:
 
 
 def variants_of(method: str, dataset: str) -> list[str]:
-    prefix = f"{method}_{dataset}_"
-    return sorted(p.stem[len(prefix):] for p in RECIPE_DIR.glob(f"{prefix}*.yaml"))
+    """The variants of the pair's recipe, and those its dataset's defaults give every method (toy: vit)."""
+    names = set()
+    for prefix in (f"{method}_{dataset}_", f"default_{dataset}_"):
+        names.update(p.stem[len(prefix):] for p in RECIPE_DIR.glob(f"{prefix}*.yaml"))
+    return sorted(names)
 
 
 def check_variant(choices: dict) -> None:
@@ -81,7 +85,7 @@ def check_variant(choices: dict) -> None:
     method, dataset = choices.get("method"), choices.get("dataset")
     if variant == PUBLISHED or method is None or dataset is None:
         return
-    if not (RECIPE_DIR / f"{method}_{dataset}_{variant}.yaml").is_file():
+    if not (RECIPE_DIR / f"{recipe_name(method, dataset, variant)}.yaml").is_file():
         known = variants_of(method, dataset)
         options = f"its variants: {', '.join(known)}" if known else "it has no variants"
         base = f"{method}_{dataset}" if (RECIPE_DIR / f"{method}_{dataset}.yaml").is_file() else None
@@ -162,13 +166,21 @@ def summary(cfg: DictConfig) -> str:
             f"{_schedule(cfg)}, {_precision(cfg.trainer.precision)}, {_validation(cfg)}")
 
 
-def default_file(dataset: str, method: str | None = None) -> str:
+def default_file(dataset: str, method: str | None = None, variant: str = PUBLISHED) -> str:
     """The file a pair without a published recipe takes its run from: the method's own unpublished run on the
-    dataset (unimatch_v2_toy.yaml: the tiny ViT), the dataset's defaults, or conf/train.yaml."""
-    for name in ([f"{method}_{dataset}"] if method else []) + [f"default_{dataset}"]:
-        if (RECIPE_DIR / f"{name}.yaml").is_file():
-            return f"conf/recipe/{name}.yaml"
-    return "conf/train.yaml"
+    dataset (unimatch_v2_toy.yaml: the tiny ViT), the dataset's defaults (`variant=vit`: default_toy_vit.yaml),
+    or conf/train.yaml."""
+    name = recipe_name(str(method), dataset, variant)
+    return f"conf/recipe/{name}.yaml" if (RECIPE_DIR / f"{name}.yaml").is_file() else "conf/train.yaml"
+
+
+def _variant_choice() -> str:
+    """The run's `variant=` choice (Hydra's runtime choices; the recipe itself when Hydra is not running)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return PUBLISHED
+    return str(HydraConfig.get().runtime.choices.get("variant") or PUBLISHED)
 
 
 def start_line(cfg: DictConfig) -> str:
@@ -179,7 +191,7 @@ def start_line(cfg: DictConfig) -> str:
         reported = recipe.get("reported")
         return f"recipe {recipe.name} ({recipe.paper}; {recipe.source}): {values}; reported: {reported}"
     return (f"no published recipe for {cfg.method.name} on {cfg.dataset.name}: sslseg's defaults "
-            f"({default_file(str(cfg.dataset.name), str(cfg.method.name))}): {values}")
+            f"({default_file(str(cfg.dataset.name), str(cfg.method.name), _variant_choice())}): {values}")
 
 
 def results_entry(cfg: DictConfig) -> dict | None:
