@@ -274,21 +274,36 @@ def test_debug_runs_do_not_replace_real_ones(tmp_path):
     assert [r["best_val_mIoU"] for r in collect(tmp_path)] == [75.0]
 
 
+def _hydra_record(run_dir, **choices):
+    (run_dir / ".hydra").mkdir()
+    lines = "".join(f"      {group}: {name}\n" for group, name in choices.items())
+    (run_dir / ".hydra" / "hydra.yaml").write_text("hydra:\n  runtime:\n    choices:\n" + lines)
+
+
 def test_a_network_chosen_by_the_recipe_compares_with_the_same_network_named_on_the_command_line(tmp_path):
-    """`method=unimatch_v2` gets vit_tiny + dpt_tiny from its toy recipe, `method=supervised backbone=vit_tiny
-    model=dpt_tiny` names them: one network, so the supervised row is its baseline. A run whose results.json
-    predates `network_choices` is read from Hydra's record in the run folder."""
+    """`method=unimatch_v2` gets vit_tiny + dpt_tiny + AdamW from its toy recipe, `method=supervised variant=vit` the
+    same from the toy's ViT recipe: one network and optimizer, so that supervised row is its baseline. The
+    supervised run that names the network on the command line but keeps the toy's SGD is another row, no baseline
+    of V2's. A run whose results.json predates `network_choices` (or its `optim`) is read from Hydra's record."""
+    vit_adamw = {"backbone": "vit_tiny", "model": "dpt_tiny", "optim": "adamw"}
     for seed, miou in ((0, 47.0), (1, 49.0)):
-        _run(tmp_path, "supervised", seed, miou - 2, overrides=["backbone=vit_tiny", "model=dpt_tiny"])
-        run_dir = _run(tmp_path, "unimatch_v2", seed, miou, overrides=[])
-        (run_dir / ".hydra").mkdir()
-        (run_dir / ".hydra" / "hydra.yaml").write_text(
-            "hydra:\n  runtime:\n    choices:\n      backbone: vit_tiny\n      model: dpt_tiny\n")
-    _run(tmp_path, "supervised", 0, 60.0, overrides=[], name="other_network")  # the default network
+        run_dir = _run(tmp_path, "supervised", seed, miou - 2, overrides=["variant=vit"])
+        _hydra_record(run_dir, **vit_adamw)
+        run_dir = _run(tmp_path, "unimatch_v2", seed, miou, overrides=["variant=vit"])
+        _hydra_record(run_dir, **vit_adamw)
+        run_dir = _run(tmp_path, "supervised", seed, miou + 5, overrides=["backbone=vit_tiny", "model=dpt_tiny"],
+                       name=f"sgd{seed}")
+        _hydra_record(run_dir, backbone="vit_tiny", model="dpt_tiny", optim="sgd")
+    old = json.loads((run_dir / "results.json").read_text())  # recorded backbone and model, not yet the optimizer
+    (run_dir / "results.json").write_text(json.dumps(old | {"network_choices": {"backbone": "vit_tiny",
+                                                                                 "model": "dpt_tiny"}}))
+    _run(tmp_path, "supervised", 0, 60.0, overrides=[], name="other_network")  # no record: the defaults
     runs = collect(tmp_path)
     keys, rows = group_runs(runs)
-    assert keys == ["backbone", "model"]
-    assert [(r.method, r.keys) for r in rows] == [("supervised", ("default", "default")),
-                                                  ("supervised", ("vit_tiny", "dpt_tiny")),
-                                                  ("unimatch_v2", ("vit_tiny", "dpt_tiny"))]
+    assert keys == ["backbone", "model", "optim", "variant"]
+    assert [(r.method, r.keys) for r in rows] == [
+        ("supervised", ("default", "default", "default", "default")),
+        ("supervised", ("vit_tiny", "dpt_tiny", "adamw", "vit")),
+        ("supervised", ("vit_tiny", "dpt_tiny", "sgd", "default")),
+        ("unimatch_v2", ("vit_tiny", "dpt_tiny", "adamw", "vit"))]
     assert "| +2.00 |" in summary_table(runs).splitlines()[-1]

@@ -116,13 +116,16 @@ def collect(root: Path) -> list[dict]:
         stage_of_a_run = "stage" in results and "stages" not in results
         if "seed" in results and "best_val_mIoU" in results and not stage_of_a_run and "debug" not in results:
             _check(path, results)
-            results.setdefault("network_choices", _hydra_choices(path.parent))
+            recorded = results.get("network_choices") or {}
+            if any(group not in recorded for group in CHOSEN_GROUPS):  # written before the group was recorded
+                results["network_choices"] = _hydra_choices(path.parent) | recorded
             found.append(results | {"_run_dir": str(path.parent.resolve()), "_mtime": path.stat().st_mtime})
     return found
 
 
 def _hydra_choices(run_dir: Path) -> dict:
-    """The backbone and model of a run whose results.json predates `network_choices`, from Hydra's record of it."""
+    """The backbone, model and optimizer of a run whose results.json predates `network_choices`, from Hydra's record
+    of it."""
     try:
         choices = OmegaConf.load(run_dir / ".hydra" / "hydra.yaml").hydra.runtime.choices
     except Exception:  # no record, or an unreadable one: the run is grouped by its overrides alone
@@ -130,9 +133,13 @@ def _hydra_choices(run_dir: Path) -> dict:
     return network_choices(choices)
 
 
+CHOSEN_GROUPS = ("backbone", "model", "optim")  # the config groups a recipe picks (its `choose:` block)
+
+
 def network_choices(choices) -> dict:
-    """The backbone and model config names among Hydra's config-group choices (what results.json records)."""
-    return {group: choices.get(group) for group in ("backbone", "model")}
+    """The backbone, model and optimizer config names among Hydra's config-group choices (what results.json
+    records): what a recipe chose, which no override names."""
+    return {group: choices.get(group) for group in CHOSEN_GROUPS}
 
 
 def _read(path: Path) -> dict:
@@ -182,9 +189,17 @@ def _unquote(value: str) -> str:
     return value[1:-1] if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"" else value
 
 
+def settings_of(run: dict) -> dict[str, str]:
+    """The run's overrides (overrides_of) over the config groups its recipe chose (`network_choices`): a network or
+    optimizer picked by a recipe tells runs apart as much as one named on the command line."""
+    chosen = {group: str(value) for group, value in (run.get("network_choices") or {}).items() if value}
+    return chosen | overrides_of(run)
+
+
 def differing_keys(runs: list[dict]) -> list[str]:
-    """Override keys whose value is not the same in every run (a run without the key counts as a value of its own)."""
-    per_run = [overrides_of(r) for r in runs]
+    """Setting keys (settings_of) whose value is not the same in every run (a run without the key counts as a value
+    of its own)."""
+    per_run = [settings_of(r) for r in runs]
     keys = sorted({k for overrides in per_run for k in overrides})
     return [k for k in keys if len({overrides.get(k) for overrides in per_run}) > 1]
 
@@ -196,11 +211,10 @@ def group_runs(runs: list[dict], baseline: str = "supervised") -> tuple[list[str
     keys = differing_keys(runs)
     rows: dict[tuple, Row] = {}
     for run in sorted(runs, key=lambda r: (r.get("_mtime", 0.0), where(r))):
-        overrides = overrides_of(run)
+        settings = settings_of(run)
         # semi-and-weakly supervised rows (PCT) are marked: they do not compare with the others
         label = run["method"] + (" (image tags)" if run.get("uses_image_tags") else "")
-        chosen = run.get("network_choices") or {}  # a recipe's backbone and model, named by no override
-        values = tuple(overrides.get(k, chosen.get(k) or "default") for k in keys)
+        values = tuple(settings.get(k, "default") for k in keys)
         ident = (run["dataset"], str(run["split"]), label, values, run.get("steps"))
         row = rows.setdefault(ident, Row(*ident[:2], run["method"], label, values, run.get("steps")))
         if run["seed"] in row.runs:
