@@ -166,11 +166,11 @@ def summary(cfg: DictConfig) -> str:
             f"{_schedule(cfg)}, {_precision(cfg.trainer.precision)}, {_validation(cfg)}")
 
 
-def default_file(dataset: str, method: str | None = None, variant: str = PUBLISHED) -> str:
+def default_file(dataset: str, method: str, variant: str = PUBLISHED) -> str:
     """The file a pair without a published recipe takes its run from: the method's own unpublished run on the
     dataset (unimatch_v2_toy.yaml: the tiny ViT), the dataset's defaults (`variant=vit`: default_toy_vit.yaml),
     or conf/train.yaml."""
-    name = recipe_name(str(method), dataset, variant)
+    name = recipe_name(method, dataset, variant)
     return f"conf/recipe/{name}.yaml" if (RECIPE_DIR / f"{name}.yaml").is_file() else "conf/train.yaml"
 
 
