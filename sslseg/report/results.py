@@ -116,9 +116,9 @@ def collect(root: Path) -> list[dict]:
         stage_of_a_run = "stage" in results and "stages" not in results
         if "seed" in results and "best_val_mIoU" in results and not stage_of_a_run and "debug" not in results:
             _check(path, results)
-            recorded = results.get("network_choices") or {}
+            recorded = results.get(CHOICES_KEY) or {}
             if any(group not in recorded for group in CHOSEN_GROUPS):  # written before the group was recorded
-                results["network_choices"] = _hydra_choices(path.parent) | recorded
+                results[CHOICES_KEY] = _hydra_choices(path.parent) | recorded
             found.append(results | {"_run_dir": str(path.parent.resolve()), "_mtime": path.stat().st_mtime})
     return found
 
@@ -130,15 +130,16 @@ def _hydra_choices(run_dir: Path) -> dict:
         choices = OmegaConf.load(run_dir / ".hydra" / "hydra.yaml").hydra.runtime.choices
     except Exception:  # no record, or an unreadable one: the run is grouped by its overrides alone
         return {}
-    return network_choices(choices)
+    return recipe_choices(choices)
 
 
 CHOSEN_GROUPS = ("backbone", "model", "optim")  # the config groups a recipe picks (its `choose:` block)
+CHOICES_KEY = "network_choices"  # results.json's key for them (named when it held the networks only; kept)
 
 
-def network_choices(choices) -> dict:
+def recipe_choices(choices) -> dict:
     """The backbone, model and optimizer config names among Hydra's config-group choices (what results.json
-    records): what a recipe chose, which no override names."""
+    records under CHOICES_KEY): what a recipe chose, which no override names."""
     return {group: choices.get(group) for group in CHOSEN_GROUPS}
 
 
@@ -192,7 +193,7 @@ def _unquote(value: str) -> str:
 def settings_of(run: dict) -> dict[str, str]:
     """The run's overrides (overrides_of) over the config groups its recipe chose (`network_choices`): a network or
     optimizer picked by a recipe tells runs apart as much as one named on the command line."""
-    chosen = {group: str(value) for group, value in (run.get("network_choices") or {}).items() if value}
+    chosen = {group: str(value) for group, value in (run.get(CHOICES_KEY) or {}).items() if value}
     return chosen | overrides_of(run)
 
 

@@ -15,7 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from sslseg.errors import UserError
 from sslseg.methods import method_class
-from sslseg.report.results import format_iou_table, network_choices, provenance, write_results
+from sslseg.report.results import CHOICES_KEY, format_iou_table, provenance, recipe_choices, write_results
 from sslseg.run.checkpoint import resume_checkpoint
 from sslseg.run.cli import is_launcher_rank
 from sslseg.run.console import network_label
@@ -94,8 +94,8 @@ def train(cfg: DictConfig) -> dict | None:
             results = fit(cfg, cls, run_dir, ckpt_path=ckpt_path, started=started)
         results |= {"recipe": recipe_entry(cfg)} | provenance(list(HydraConfig.get().overrides.task))
         choices = HydraConfig.get().runtime.choices
-        # the network a recipe chose (no override names it): the report compares runs by it
-        results["network_choices"] = network_choices(choices)
+        # the network and optimizer a recipe chose (no override names them): the report compares runs by them
+        results[CHOICES_KEY] = recipe_choices(choices)
         debug = choices.get("debug")
         if debug:  # a debug config's cut-short run: `python -m sslseg.report.results` leaves it out
             results["debug"] = debug
