@@ -247,3 +247,27 @@ class HandOver(Callback):
         for optimizer, old in zip(trainer.optimizers, self._optimizer_states or []):
             optimizer.load_state_dict({"state": old["state"], "param_groups": optimizer.state_dict()["param_groups"]})
         self._optimizer_states = None
+
+
+class ResumedLogSteps(Callback):
+    """Keeps a resumed fit's log rows at the steps the uninterrupted fit logs them. Loggers label a row with
+    Lightning's count of batches that stepped, which a resume restores from the checkpoint plus one unless the
+    checkpoint was written after a step's end hooks; sslseg's step checkpoints (written before the next step) and
+    epoch-end ones are not, so the resumed rows came one step late. The count is set from the
+    module's own step counter instead, less the steps a handed-over fit (an offline method's next round) started
+    with. It must come before any callback that logs at a batch's start (the lr monitor): first in the list."""
+
+    def __init__(self):
+        self.steps_before_fit: int | None = None  # the module's step count when this fit's count of batches was 0
+
+    def state_dict(self) -> dict:
+        return {"steps_before_fit": self.steps_before_fit}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.steps_before_fit = state_dict.get("steps_before_fit")
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx: int) -> None:
+        loop = trainer.fit_loop.epoch_loop
+        if self.steps_before_fit is None:  # a fresh fit's first step (or a checkpoint from before this callback)
+            self.steps_before_fit = pl_module.train_steps - loop._batches_that_stepped
+        loop._batches_that_stepped = pl_module.train_steps - self.steps_before_fit

@@ -22,7 +22,7 @@ from sslseg.data.batch import describe_batch
 from sslseg.data.datamodule import SemiSegDataModule
 from sslseg.errors import UserError
 from sslseg.methods.base import SemiSegModule
-from sslseg.run.checkpoint import HandOver, RunCheckpoints
+from sslseg.run.checkpoint import HandOver, ResumedLogSteps, RunCheckpoints
 from sslseg.run.cli import is_launcher_rank
 from sslseg.run.console import network_label, quiet_third_party, say, start_block
 from sslseg.run.loggers import LossProgressBar, build_callbacks, build_loggers, log_config, logger_lines
@@ -164,6 +164,7 @@ def fit(cfg: DictConfig, cls: type[SemiSegModule], out_dir: Path, ckpt_path: str
 
     loggers = build_loggers(cfg, out_dir)
     callbacks = build_callbacks(cfg, out_dir / "checkpoints", cfg.trainer, with_logger=bool(loggers))
+    callbacks.insert(0, ResumedLogSteps())  # before the lr monitor, which logs at a step's start
     cadence = validation_cadence(cfg)
     if cadence is not None:
         callbacks.append(cadence)
