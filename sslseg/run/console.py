@@ -108,6 +108,9 @@ def quiet_third_party() -> None:
 
     # A teacher is kept in eval mode by design (method.teacher.train_mode_epochs); Lightning warns about it.
     warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode at the start of training")
+    # The val scores are computed from confusion matrices already summed over the DDP ranks (torchmetrics), so every
+    # rank logs the same value; Lightning advises sync_dist=True for each of them, on each rank.
+    warnings.filterwarnings("ignore", message=r"It is recommended to use `self\.log\('val/")
     # Lightning's own use of a torch API that torch 2.10+ deprecates: nothing a user can act on.
     warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
     # Lightning prints through its own handler; Hydra's root handler would print every line twice.
