@@ -1,6 +1,6 @@
 """A run stopped mid-epoch and resumed ends exactly where the uninterrupted run ends: same weights, same
 val mIoU, bit for bit on CPU (checkpoints every few steps, the data position, the random states), and the
-same logs: the CSV continued, ending with the uninterrupted run's rows, the same W&B run, the wall time of both
+same logs: the CSV continued, row for row the uninterrupted run's, the same W&B run, the wall time of both
 parts."""
 
 import csv

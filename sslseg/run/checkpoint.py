@@ -253,9 +253,9 @@ class ResumedLogSteps(Callback):
     """Keeps a resumed fit's log rows at the steps the uninterrupted fit logs them. Loggers label a row with
     Lightning's count of batches that stepped, which a resume restores from the checkpoint plus one unless the
     checkpoint was written after a step's end hooks; sslseg's step checkpoints (written before the next step) and
-    epoch-end ones are not, so the resumed rows came one step late. The count is set from the
-    module's own step counter instead, less the steps a handed-over fit (an offline method's next round) started
-    with. It must come before any callback that logs at a batch's start (the lr monitor): first in the list."""
+    epoch-end ones are not, so the resumed rows came one step late. The count is set from the module's own step
+    counter instead, less the steps a handed-over fit (an offline method's next round) started with. It must come
+    before any callback that logs at a batch's start (the lr monitor): first in the list."""
 
     def __init__(self):
         self.steps_before_fit: int | None = None  # the module's step count when this fit's count of batches was 0
